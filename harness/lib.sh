@@ -7,8 +7,15 @@ REPO=$(cd "$HARNESS/.." && pwd)
 OUT=${OUT:-$REPO/out}
 case "$OUT" in /*) ;; *) OUT=$REPO/$OUT ;; esac
 LINUX=$OUT/linux
-BUILD=$OUT/build
-LOGS=$OUT/logs
+# Two kernels are built from the same tree: "normal", and "debug" with
+# KASAN, lockdep and the VM debug checks (configs/debug/*.config on top).
+FLAVOR=${FLAVOR:-normal}
+case "$FLAVOR" in
+normal) BUILD=$OUT/build ;;
+debug) BUILD=$OUT/build-debug ;;
+*) echo "unknown kernel flavor $FLAVOR (normal or debug)" >&2; exit 1 ;;
+esac
+LOGS=$OUT/logs/$FLAVOR
 export CCACHE_DIR=${CCACHE_DIR:-/var/cache/hmm-ccache}
 export CCACHE_BASEDIR=$(dirname "$OUT")
 export CCACHE_NOHASHDIR=1

@@ -8,7 +8,8 @@
 #   qemu.sh shell  console and a shell on this terminal
 #
 # 512 MiB at 2 GiB are reserved with memmap= and handed to the dummy
-# driver as its two device-coherent ranges.
+# driver as its two device-coherent ranges; one 1 GiB hugetlb page is
+# reserved at boot (a PUD mapping for the snapshot test), hence 4 GiB.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -18,13 +19,13 @@ kernel=$BUILD/arch/x86/boot/bzImage
 [ -f "$kernel" ] || die "no kernel at $kernel: run make kernel first"
 [ -f "$OUT/initrd.gz" ] || die "no initramfs at $OUT/initrd.gz"
 
-append="console=ttyS0 panic=-1 oops=panic loglevel=7 hmmharness=$mode"
+append="console=ttyS0 panic=-1 oops=panic loglevel=7 hmmharness=$mode hmmflavor=$FLAVOR"
 append="$append memmap=512M\$0x80000000"
 append="$append test_hmm.spm_addr_dev0=0x80000000 test_hmm.spm_addr_dev1=0x90000000"
-append="$append transparent_hugepage=madvise ${HMM_APPEND:-}"
+append="$append transparent_hugepage=madvise hugepagesz=1G hugepages=1 ${HMM_APPEND:-}"
 
 qemu=(qemu-system-x86_64 -machine pc -accel tcg,thread=multi -cpu max
-	-smp 2 -m 3G -kernel "$kernel" -initrd "$OUT/initrd.gz"
+	-smp 2 -m 4G -kernel "$kernel" -initrd "$OUT/initrd.gz"
 	-append "$append" -display none -no-reboot)
 
 # Count TAP results in the test stream while the guest runs, so a long
@@ -49,7 +50,7 @@ case "$mode" in
 test)
 	console=$LOGS/console.log tap=$LOGS/tap.log
 	rm -f "$console" "$tap"
-	step "booting the guest under TCG (timeout ${limit}s; console in $console)"
+	step "booting the $FLAVOR kernel under TCG (timeout ${limit}s; console in $console)"
 	timeout -k 10 "$limit" "${qemu[@]}" -serial "file:$console" \
 		-serial "file:$tap" </dev/null >"$LOGS/qemu.log" 2>&1 &
 	pid=$!

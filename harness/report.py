@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 """Turn one guest run into a verdict.
 
-Reads the kernel console (KUnit's KTAP and any kernel splat) and the test
-stream of ttyS1 (one TAP document per suite, between the markers that
+For each guest run (one per kernel: normal and debug), reads the kernel
+console (KUnit's KTAP and any kernel splat) and the test stream of ttyS1 (one TAP document per suite, between the markers that
 harness/guest/init prints), parses every TAP/KTAP document with the
 kernel's own parser (tools/testing/kunit/kunit_parser.py), and ends with
 one line "N passed, N failed, N skipped". Exit status 1 on any failure,
@@ -34,7 +34,7 @@ class Tally:
         self.passed += counts.passed
         self.failed += counts.failed + counts.crashed
         self.skipped += counts.skipped
-        print(f'    {name}: {counts.passed} passed, '
+        print(f'    {name}: {counts.passed} cases passed, '
               f'{counts.failed + counts.crashed} failed, '
               f'{counts.skipped} skipped')
 
@@ -83,11 +83,11 @@ def split_suites(lines):
         yield name, body, None
 
 
-def check_splats(console, tally):
+def check_splats(name, console, tally):
     hits = [i for i, line in enumerate(console) if SPLAT.search(line)]
     if not hits:
         return
-    tally.fail(f'kernel console has {len(hits)} splat line(s)')
+    tally.fail(f'{name}: kernel console has {len(hits)} splat line(s)')
     print('--- kernel splats on the console (each one fails the run):')
     for i in hits[:5]:
         for line in console[max(0, i - 2):i + 12]:
@@ -95,41 +95,50 @@ def check_splats(console, tally):
         print('    |')
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument('--console', required=True)
-    ap.add_argument('--tap', required=True)
-    ap.add_argument('--kunit', required=True,
-                    help='tools/testing/kunit of the tree under test')
-    ap.add_argument('--no-kunit', action='store_true',
-                    help='the kernel has no KUnit suite of ours')
-    args = ap.parse_args()
+def report_run(kunit_parser, name, console_path, tap_path, kunit, tally):
+    """Add one guest run (one kernel) to the tally."""
+    print(f'=== {name} kernel')
+    console = read_lines(console_path)
+    tap = read_lines(tap_path)
+    before = (tally.passed, tally.failed, tally.skipped)
 
-    sys.path.insert(0, args.kunit)
-    import kunit_parser  # pylint: disable=import-outside-toplevel
-
-    console = read_lines(args.console)
-    tap = read_lines(args.tap)
-    tally = Tally()
-
-    if not args.no_kunit:
+    if kunit:
         # KUnit runs before init; what follows is not KTAP.
         end = next((i for i, line in enumerate(console)
                     if 'Run /init as init process' in line), len(console))
-        parse_tap(kunit_parser, 'kunit', console[:end], tally)
-    for name, body, rc in split_suites(tap):
-        parse_tap(kunit_parser, name, body, tally)
+        parse_tap(kunit_parser, f'{name}/kunit', console[:end], tally)
+    for suite, body, rc in split_suites(tap):
+        parse_tap(kunit_parser, f'{name}/{suite}', body, tally)
         if rc is None:
-            tally.fail(f'{name}: the suite never finished (guest crash?)')
+            tally.fail(f'{name}/{suite}: the suite never finished (guest crash?)')
     if not any(BEGIN.match(line) for line in tap):
-        tally.fail('no test suite ran in the guest')
+        tally.fail(f'{name}: no test suite ran in the guest')
     if not any(line.startswith('### hmm-guest-done') for line in tap):
-        tally.fail('the guest did not finish (hang, panic or timeout)')
+        tally.fail(f'{name}: the guest did not finish (hang, panic or timeout)')
         print('--- console tail:')
         for line in console[-40:]:
             print('    | ' + line)
-    check_splats(console, tally)
+    check_splats(name, console, tally)
+    print(f'    {name} kernel: {tally.passed - before[0]} cases passed, '
+          f'{tally.failed - before[1]} failed, '
+          f'{tally.skipped - before[2]} skipped')
 
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument('--kunit-parser', required=True,
+                    help='tools/testing/kunit of the tree under test')
+    ap.add_argument('--run', nargs=4, action='append', required=True,
+                    metavar=('NAME', 'CONSOLE', 'TAP', 'KUNIT'),
+                    help='one guest run; KUNIT is 1 if KUnit suites ran')
+    args = ap.parse_args()
+
+    sys.path.insert(0, args.kunit_parser)
+    import kunit_parser  # pylint: disable=import-outside-toplevel
+
+    tally = Tally()
+    for name, console, tap, kunit in args.run:
+        report_run(kunit_parser, name, console, tap, kunit == '1', tally)
     for p in tally.problems:
         print(f'problem: {p}')
     print(f'{tally.passed} passed, {tally.failed} failed, '

@@ -6,7 +6,8 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 ROOT=$OUT/initramfs
-CFLAGS="-static -O2 -g -Wall -pthread -D_GNU_SOURCE -I$LINUX -I$LINUX/tools/testing/selftests -isystem $BUILD/usr/include"
+# The normal kernel's headers serve both kernels: they share one tree.
+CFLAGS="-static -O2 -g -Wall -pthread -D_GNU_SOURCE -I$LINUX -I$LINUX/tools/testing/selftests -isystem $OUT/build/usr/include"
 
 # cc_prog NAME SOURCE: compile one guest program, warnings are errors.
 cc_prog() {
