@@ -37,7 +37,7 @@ watch_progress() {
 		sleep 1
 		t=$((t + 1))
 		[ $((t % 15)) -eq 0 ] || continue
-		suite=$(grep -a '^### hmm-suite-begin' "$tap" 2>/dev/null | tail -n 1 | cut -d' ' -f3)
+		suite=$(grep -a '^### hmm-suite-begin' "$tap" 2>/dev/null | tail -n 1 | cut -d' ' -f3) || true
 		ok=$(grep -acE '^ *ok ' "$tap" 2>/dev/null) || true
 		nok=$(grep -acE '^ *not ok ' "$tap" 2>/dev/null) || true
 		printf '    ... guest running %ds: %s, %s ok, %s not ok so far\n' \

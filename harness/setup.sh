@@ -7,6 +7,7 @@ set -euo pipefail
 
 PACKAGES="linux-source-6.12 qemu-system-x86 busybox-static gcc make flex bison
 bc libelf-dev libssl-dev cpio ccache dwarves xz-utils git python3 perl kmod
+python3-ply python3-git
 rsync gzip"
 
 missing_packages() {
