@@ -502,7 +502,7 @@ static int hmm_walk_hugetlb(pte_t *ptep, unsigned long hmask,
 	struct hmm_walk *hw = walk->private;
 	struct vm_area_struct *vma = walk->vma;
 	unsigned long flags, first;
-	spinlock_t *ptl;
+	spinlock_t *ptl;	/* only held to read the entry */
 	pte_t entry;
 	int ret;
 

@@ -131,7 +131,7 @@ static unsigned long hk_map(struct kunit *test, unsigned long size,
  */
 struct hk_notifier {
 	struct mmu_interval_notifier	notifier;
-	struct mutex			lock;
+	struct mutex			lock;	/* "device page table" */
 	atomic_t			invalidations;
 };
 
@@ -599,9 +599,9 @@ static void hmm_test_pfnmap_refused(struct kunit *test)
 	if (mutex_is_locked(&hn->lock)) {
 		KUNIT_EXPECT_EQ(test, pfns[1], (unsigned long)HMM_PFN_ERROR);
 		for (i = 0; i < 3; i += 2)
-			KUNIT_EXPECT_TRUE(test,
-				hk_check_page(hmm_pfn_to_page(pfns[i]),
-					      before + i * PAGE_SIZE, 9));
+			KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
+							      before + i * PAGE_SIZE,
+							      9));
 		mutex_unlock(&hn->lock);
 	}
 
@@ -735,7 +735,7 @@ static void hmm_test_invalidate_ebusy(struct kunit *test)
 /* Mirror side: a recording driver. */
 struct hk_mirror {
 	struct hmm_mirror	mirror;
-	struct mutex		lock;
+	struct mutex		lock;	/* "device page table" */
 	atomic_t		clock;
 	atomic_t		invalidations;
 	atomic_t		releases;
@@ -935,7 +935,7 @@ static void hmm_test_mirror_bad_args(struct kunit *test)
 	unsigned long pfns[2], addr;
 	struct hmm_range range;
 	struct hk_mirror *hm;
-	struct mutex lock;
+	struct mutex lock;	/* stands for a driver lock */
 
 	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
 	mutex_init(&lock);
@@ -1038,7 +1038,7 @@ static struct hk_faulter *hk_faulter_start(struct kunit *test,
 	}
 	while (atomic_read(&f->rounds) < 3 && waited < HK_TIMEOUT_MS &&
 	       !completion_done(&f->done)) {
-		msleep(5);
+		usleep_range(5000, 10000);
 		waited += 5;
 	}
 	KUNIT_EXPECT_GE(test, atomic_read(&f->rounds), 3);
@@ -1119,6 +1119,7 @@ static struct kunit_suite hmm_test_suite = {
 	.name = "hmm",
 	.test_cases = hmm_test_cases,
 };
+
 kunit_test_suite(hmm_test_suite);
 
 MODULE_DESCRIPTION("KUnit tests for hmm_range_fault() and hmm_mirror");
