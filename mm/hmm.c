@@ -22,9 +22,14 @@
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
 #include <linux/mutex.h>
+#include <linux/memcontrol.h>
+#include <linux/oom.h>
 #include <linux/pagewalk.h>
+#include <linux/rmap.h>
 #include <linux/sched/mm.h>
+#include <linux/swap.h>
 #include <linux/swapops.h>
+#include <linux/userfaultfd_k.h>
 
 #include "internal.h"
 
@@ -41,6 +46,9 @@
  * keeps re-installing its entries.
  */
 #define HMM_FAULT_ATTEMPTS	4
+
+/* Pages populated per page table lock hold by hmm_populate_anon(). */
+#define HMM_POPULATE_BATCH	32
 
 /* The two bits of an entry that a request can ask for. */
 #define HMM_PFN_REQ_MASK	(HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE)
@@ -212,15 +220,162 @@ static int hmm_fault_pages(struct hmm_walk *hw, struct vm_area_struct *vma,
 }
 
 /*
+ * Can a run of empty PTEs in @vma be populated by hmm_populate_anon()
+ * rather than one handle_mm_fault() per page?  Only for plain private
+ * anonymous memory where the fault path would do nothing but allocate a
+ * zeroed order-0 page (or map the zero page): no userfaultfd, and no THP
+ * or mTHP size the fault path might pick instead.
+ */
+static bool hmm_can_populate_anon(struct vm_area_struct *vma)
+{
+	if (!vma_is_anonymous(vma) || (vma->vm_flags & VM_SHARED))
+		return false;
+	if (userfaultfd_armed(vma))
+		return false;
+	return !thp_vma_allowable_orders(vma, vma->vm_flags,
+					 TVA_IN_PF | TVA_ENFORCE_SYSFS,
+					 THP_ORDERS_ALL_ANON);
+}
+
+/* A zeroed, charged anonymous folio for @addr, as the fault path makes. */
+static struct folio *hmm_alloc_anon(struct vm_area_struct *vma,
+				    unsigned long addr)
+{
+	struct folio *folio;
+
+	if (unlikely(anon_vma_prepare(vma)))
+		return NULL;
+	folio = vma_alloc_zeroed_movable_folio(vma, addr);
+	if (!folio)
+		return NULL;
+	if (mem_cgroup_charge(folio, vma->vm_mm, GFP_KERNEL)) {
+		folio_put(folio);
+		return NULL;
+	}
+	folio_throttle_swaprate(folio, GFP_KERNEL);
+	/* Orders the zeroing before the PTE becomes visible. */
+	__folio_mark_uptodate(folio);
+	return folio;
+}
+
+/*
+ * Install up to HMM_POPULATE_BATCH pages at [addr, end) under one page
+ * table lock: @folios[i] for write requests, the zero page for read-only
+ * ones (@folios[i] == NULL).  PTEs that stopped being empty meanwhile
+ * (a racing CPU fault) are left alone and their folio freed.
+ */
+static int hmm_install_anon(struct vm_area_struct *vma, pmd_t *pmdp,
+			    unsigned long addr, unsigned long end,
+			    struct folio **folios)
+{
+	struct mm_struct *mm = vma->vm_mm;
+	unsigned int i, nr_anon = 0;
+	spinlock_t *ptl;	/* of the PTE table */
+	pte_t *ptep, entry;
+	int ret = 0;
+
+	ptep = pte_offset_map_lock(mm, pmdp, addr, &ptl);
+	if (!ptep)
+		goto out_free;	/* table gone: the caller looks again */
+	if (check_stable_address_space(mm)) {
+		ret = -EFAULT;
+		goto out_unlock;
+	}
+
+	for (i = 0; addr < end; addr += PAGE_SIZE, i++) {
+		if (!pte_none(ptep_get(ptep + i)))
+			continue;
+		if (folios[i]) {
+			entry = mk_pte(&folios[i]->page, vma->vm_page_prot);
+			entry = pte_sw_mkyoung(entry);
+			if (vma->vm_flags & VM_WRITE)
+				entry = pte_mkwrite(pte_mkdirty(entry), vma);
+			folio_add_new_anon_rmap(folios[i], vma, addr,
+						RMAP_EXCLUSIVE);
+			folio_add_lru_vma(folios[i], vma);
+			folios[i] = NULL;
+			nr_anon++;
+		} else {
+			entry = pfn_pte(my_zero_pfn(addr), vma->vm_page_prot);
+			entry = pte_mkspecial(entry);
+		}
+		set_pte_at(mm, addr, ptep + i, entry);
+		update_mmu_cache(vma, addr, ptep + i);
+	}
+	if (nr_anon)
+		add_mm_counter(mm, MM_ANONPAGES, nr_anon);
+
+out_unlock:
+	pte_unmap_unlock(ptep, ptl);
+out_free:
+	for (i = 0; i < HMM_POPULATE_BATCH; i++)
+		if (folios[i])
+			folio_put(folios[i]);
+	return ret;
+}
+
+/*
+ * Populate the empty PTEs [addr, end) of one page table the way
+ * do_anonymous_page() would, but a batch at a time: the per-page cost of
+ * handle_mm_fault() (page table walk, lock round trip, fault accounting)
+ * is what dominates faulting in large unpopulated ranges for a device.
+ */
+static int hmm_populate_anon(struct hmm_walk *hw, struct vm_area_struct *vma,
+			     pmd_t *pmdp, unsigned long addr,
+			     unsigned long end)
+{
+	struct folio *folios[HMM_POPULATE_BATCH];
+	bool zero_ok = !mm_forbids_zeropage(vma->vm_mm);
+	unsigned long batch_end, req, a;
+	unsigned int i;
+	int ret;
+
+	for (; addr < end; addr = batch_end) {
+		batch_end = min(end, addr + HMM_POPULATE_BATCH * PAGE_SIZE);
+		memset(folios, 0, sizeof(folios));
+		ret = 0;
+		for (a = addr, i = 0; a < batch_end; a += PAGE_SIZE, i++) {
+			req = hmm_request(hw, a);
+			if (!(req & HMM_PFN_REQ_WRITE) && zero_ok)
+				continue;
+			if ((req & HMM_PFN_REQ_WRITE) &&
+			    !(vma->vm_flags & VM_WRITE)) {
+				ret = -EPERM;
+				break;
+			}
+			folios[i] = hmm_alloc_anon(vma, a);
+			if (!folios[i]) {
+				ret = -ENOMEM;
+				break;
+			}
+		}
+		if (ret) {
+			while (i--)
+				if (folios[i])
+					folio_put(folios[i]);
+			return ret;
+		}
+		ret = hmm_install_anon(vma, pmdp, addr, batch_end, folios);
+		if (ret)
+			return ret;
+		cond_resched();
+	}
+	return 0;
+}
+
+/*
  * Nothing is mapped in [addr, end): no page table at some level, or no VMA
  * at all.  Fault the first page that is asked for and restart the walk
  * there: the fault builds the missing tables (or a huge page), and the
  * rest of the run is cheaper to handle from the level that now exists.
+ * In a hugetlb VMA the walker holds the hugetlb VMA lock, which the fault
+ * takes itself: drop it around the fault.
  */
 static int hmm_walk_hole(unsigned long addr, unsigned long end,
 			 __always_unused int depth, struct mm_walk *walk)
 {
 	struct hmm_walk *hw = walk->private;
+	struct vm_area_struct *vma = walk->vma;
 	unsigned long first;
 	int ret;
 
@@ -235,7 +390,11 @@ static int hmm_walk_hole(unsigned long addr, unsigned long end,
 	if (first == end)
 		return 0;
 
-	ret = hmm_fault_pages(hw, walk->vma, first, first + PAGE_SIZE, 0);
+	if (is_vm_hugetlb_page(vma))
+		hugetlb_vma_unlock_read(vma);
+	ret = hmm_fault_pages(hw, vma, first, first + PAGE_SIZE, 0);
+	if (is_vm_hugetlb_page(vma))
+		hugetlb_vma_lock_read(vma);
 	if (ret)
 		return ret;
 	hw->resume = first;
@@ -298,7 +457,8 @@ static int hmm_walk_ptes(struct mm_walk *walk, pmd_t *pmdp,
 	unsigned long *pfns = hw->range->hmm_pfns;
 	unsigned long run = 0, run_end, entry;
 	unsigned long i = hmm_index(hw, addr);
-	pte_t *ptep, *base;
+	bool run_empty = true;
+	pte_t *ptep, *base, pte;
 	int ret;
 
 	base = pte_offset_map(pmdp, addr);
@@ -309,7 +469,8 @@ static int hmm_walk_ptes(struct mm_walk *walk, pmd_t *pmdp,
 	}
 
 	for (ptep = base; addr < end; addr += PAGE_SIZE, ptep++, i++) {
-		entry = hmm_pte_entry(hw, walk->vma, addr, ptep_get(ptep));
+		pte = ptep_get(ptep);
+		entry = hmm_pte_entry(hw, walk->vma, addr, pte);
 		if (likely(!hw->may_fault ||
 			   hmm_entry_satisfies(entry, hmm_request(hw, addr)))) {
 			if (run)
@@ -323,6 +484,7 @@ static int hmm_walk_ptes(struct mm_walk *walk, pmd_t *pmdp,
 		}
 		if (!run)
 			run = addr;
+		run_empty &= pte_none(pte);
 	}
 	pte_unmap(base);
 
@@ -337,7 +499,14 @@ static int hmm_walk_ptes(struct mm_walk *walk, pmd_t *pmdp,
 	 * treating their current entries as empty.
 	 */
 	run_end = addr;
-	ret = hmm_fault_pages(hw, walk->vma, run, run_end, 0);
+	if (run_empty && hmm_can_populate_anon(walk->vma)) {
+		ret = hmm_note_fault(hw, run);
+		if (!ret)
+			ret = hmm_populate_anon(hw, walk->vma, pmdp, run,
+						run_end);
+	} else {
+		ret = hmm_fault_pages(hw, walk->vma, run, run_end, 0);
+	}
 	if (ret)
 		return ret;
 	hw->resume = run;
@@ -502,7 +671,7 @@ static int hmm_walk_hugetlb(pte_t *ptep, unsigned long hmask,
 	struct hmm_walk *hw = walk->private;
 	struct vm_area_struct *vma = walk->vma;
 	unsigned long flags, first;
-	spinlock_t *ptl;
+	spinlock_t *ptl;	/* only held to read the entry */
 	pte_t entry;
 	int ret;
 

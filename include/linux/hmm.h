@@ -205,8 +205,8 @@ struct hmm_mirror {
 
 int hmm_mirror_register(struct hmm_mirror *mirror, struct mm_struct *mm);
 void hmm_mirror_unregister(struct hmm_mirror *mirror);
-int hmm_mirror_range_fault(struct hmm_mirror *mirror, struct hmm_range *range,
-			   struct mutex *lock);
+int hmm_mirror_range_fault(struct hmm_mirror *mirror,
+			   struct hmm_range *range, struct mutex *lock);
 
 /**
  * hmm_mirror_notifier() - interval notifier of a mirror
