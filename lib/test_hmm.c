@@ -1253,9 +1253,50 @@ static unsigned long dmirror_pt_map_exclusive(struct dmirror *dmirror,
 	return mapped;
 }
 
+/*
+ * make_device_exclusive_range() of 6.12 handles small folios only: it
+ * splits a PMD mapping of a THP, then skips every tail page of it.  Split
+ * the anonymous THPs of [start, end) beforehand with what a driver has
+ * for that: a migration that collects the pages, which splits PMD-mapped
+ * THPs, and then moves none of them, so each page is mapped back as it
+ * was.  The device page tables stay valid: no page changed.  Best effort:
+ * whatever is left large makes the caller fail with -EBUSY.
+ */
+static void dmirror_exclusive_split(struct dmirror *dmirror,
+				    unsigned long start, unsigned long end,
+				    unsigned long *pfns)
+{
+	struct mm_struct *mm = dmirror->mirror.mm;
+	unsigned long npages = (end - start) >> PAGE_SHIFT;
+	struct migrate_vma args;
+	struct vm_area_struct *vma;
+	unsigned long addr;
+
+	mmap_assert_locked(mm);
+
+	for (addr = start; addr < end; addr = args.end) {
+		vma = vma_lookup(mm, addr);
+		if (!vma)
+			return;
+		memset(&args, 0, sizeof(args));
+		args.vma = vma;
+		args.start = addr;
+		args.end = min(end, vma->vm_end);
+		args.src = pfns;
+		args.dst = pfns + npages;
+		args.pgmap_owner = dmirror->mdev;
+		args.flags = MIGRATE_VMA_SELECT_SYSTEM;
+		if (!vma_is_anonymous(vma) || migrate_vma_setup(&args))
+			continue;
+		memset(args.dst, 0, args.npages * sizeof(*args.dst));
+		migrate_vma_pages(&args);
+		migrate_vma_finalize(&args);
+	}
+}
+
 static int dmirror_exclusive_batch(struct dmirror *dmirror,
 				   unsigned long start, unsigned long end,
-				   struct page **pages)
+				   struct page **pages, unsigned long *pfns)
 {
 	unsigned long npages = (end - start) >> PAGE_SHIFT;
 	unsigned long mapped = 0;
@@ -1267,6 +1308,7 @@ static int dmirror_exclusive_batch(struct dmirror *dmirror,
 	ret = dmirror_pt_reserve(dmirror, start, npages);
 	if (ret)
 		return ret;
+	dmirror_exclusive_split(dmirror, start, end, pfns);
 	got = make_device_exclusive_range(dmirror->mirror.mm, start, end,
 					  pages, dmirror->mdev);
 	if (got < 0)
@@ -1288,26 +1330,33 @@ static int dmirror_cmd_exclusive(struct dmirror *dmirror,
 	struct mm_struct *mm = dmirror->mirror.mm;
 	unsigned long batch = min(DMIRROR_BATCH, req->npages);
 	unsigned long addr, next;
+	unsigned long *pfns;
 	struct page **pages;
 	int ret = 0;
 
 	pages = kvmalloc_array(batch, sizeof(*pages), GFP_KERNEL);
-	if (!pages)
-		return -ENOMEM;
+	pfns = kvmalloc_array(2 * batch, sizeof(*pfns), GFP_KERNEL);
+	if (!pages || !pfns) {
+		ret = -ENOMEM;
+		goto free;
+	}
 	if (!mmget_not_zero(mm)) {
-		kvfree(pages);
-		return -EINVAL;
+		ret = -EINVAL;
+		goto free;
 	}
 
 	mmap_read_lock(mm);
 	for (addr = req->start; addr < req->end; addr = next) {
 		next = min(req->end, addr + (batch << PAGE_SHIFT));
-		ret = dmirror_exclusive_batch(dmirror, addr, next, pages);
+		ret = dmirror_exclusive_batch(dmirror, addr, next, pages,
+					      pfns);
 		if (ret)
 			break;
 	}
 	mmap_read_unlock(mm);
 	mmput(mm);
+free:
+	kvfree(pfns);
 	kvfree(pages);
 	if (ret)
 		return ret;
