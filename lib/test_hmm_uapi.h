@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * Userspace interface of the HMM dummy device (lib/test_hmm.c).
+ *
+ * Each /dev/hmm_dmirrorN file stands for a device that mirrors the address
+ * space of the process which opened it.  The ioctls below make that device
+ * access, migrate or inspect the process memory, so the selftests can
+ * exercise the HMM core from userspace.  This is a test interface, not a
+ * stable ABI, which is why it lives next to the driver and not under
+ * include/uapi.
+ */
+#ifndef _LIB_TEST_HMM_UAPI_H
+#define _LIB_TEST_HMM_UAPI_H
+
+#include <linux/types.h>
+#include <linux/ioctl.h>
+
+/**
+ * struct hmm_dmirror_cmd - argument of every HMM_DMIRROR_* ioctl
+ * @addr:   in: first byte of the process range the device works on; must
+ *          be page aligned
+ * @ptr:    in: user buffer holding the data to write, or receiving the data
+ *          read (one page per page of the range) or, for
+ *          HMM_DMIRROR_SNAPSHOT, one HMM_DMIRROR_PROT_* byte per page
+ * @npages: in: length of the range in pages, at least one
+ * @cpages: out: number of pages the command handled (copied, migrated or
+ *          snapshotted)
+ * @faults: out: number of times the device had to fault the range in
+ *          through its page table
+ */
+struct hmm_dmirror_cmd {
+	__u64		addr;
+	__u64		ptr;
+	__u64		npages;
+	__u64		cpages;
+	__u64		faults;
+};
+
+/* Device reads the range into @ptr through its own page table. */
+#define HMM_DMIRROR_READ		_IOWR('H', 0x00, struct hmm_dmirror_cmd)
+/* Device writes @ptr into the range through its own page table. */
+#define HMM_DMIRROR_WRITE		_IOWR('H', 0x01, struct hmm_dmirror_cmd)
+/* Move the range into device memory, then read it back into @ptr. */
+#define HMM_DMIRROR_MIGRATE_TO_DEV	_IOWR('H', 0x02, struct hmm_dmirror_cmd)
+/* Move the device memory pages of the range back to system memory. */
+#define HMM_DMIRROR_MIGRATE_TO_SYS	_IOWR('H', 0x03, struct hmm_dmirror_cmd)
+/* Report how the CPU maps each page, without faulting anything in. */
+#define HMM_DMIRROR_SNAPSHOT		_IOWR('H', 0x04, struct hmm_dmirror_cmd)
+/* Take exclusive (atomic) access to the range, then read it into @ptr. */
+#define HMM_DMIRROR_EXCLUSIVE		_IOWR('H', 0x05, struct hmm_dmirror_cmd)
+/* Fail with EPERM while the device still holds exclusive access. */
+#define HMM_DMIRROR_CHECK_EXCLUSIVE	_IOWR('H', 0x06, struct hmm_dmirror_cmd)
+/* Give all device memory back, moving its pages to system memory. */
+#define HMM_DMIRROR_RELEASE		_IOWR('H', 0x07, struct hmm_dmirror_cmd)
+
+/*
+ * Page states written by HMM_DMIRROR_SNAPSHOT, one byte per page.  The low
+ * bits say how the CPU may access the page, the high nibble says where the
+ * page lives; the two are or'ed together.
+ *
+ * HMM_DMIRROR_PROT_ERROR: no usable mapping (hole or inaccessible vma)
+ * HMM_DMIRROR_PROT_NONE: valid vma but nothing mapped yet
+ * HMM_DMIRROR_PROT_READ: mapped read-only
+ * HMM_DMIRROR_PROT_WRITE: mapped writable
+ * HMM_DMIRROR_PROT_PMD: part of a mapping made at PMD level
+ * HMM_DMIRROR_PROT_PUD: part of a mapping made at PUD level
+ * HMM_DMIRROR_PROT_ZERO: the shared zero page
+ * HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL: private memory of this device
+ * HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE: private memory of another device
+ * HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL: coherent memory of this device
+ * HMM_DMIRROR_PROT_DEV_COHERENT_REMOTE: coherent memory of another device
+ */
+enum {
+	HMM_DMIRROR_PROT_ERROR			= 0xFF,
+	HMM_DMIRROR_PROT_NONE			= 0x00,
+	HMM_DMIRROR_PROT_READ			= 0x01,
+	HMM_DMIRROR_PROT_WRITE			= 0x02,
+	HMM_DMIRROR_PROT_PMD			= 0x04,
+	HMM_DMIRROR_PROT_PUD			= 0x08,
+	HMM_DMIRROR_PROT_ZERO			= 0x10,
+	HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL	= 0x20,
+	HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE	= 0x30,
+	HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL	= 0x40,
+	HMM_DMIRROR_PROT_DEV_COHERENT_REMOTE	= 0x50,
+};
+
+/* Kind of memory a dummy device owns; zero means "no device here". */
+enum {
+	HMM_DMIRROR_MEMORY_DEVICE_PRIVATE = 1,
+	HMM_DMIRROR_MEMORY_DEVICE_COHERENT,
+};
+
+#endif /* _LIB_TEST_HMM_UAPI_H */

@@ -1,0 +1,1126 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * KUnit tests for hmm_range_fault() and the hmm_mirror API.
+ *
+ * Each case runs in its own kthread; kunit_vm_mmap() gives that thread a
+ * private user address space, so the tests can map memory, touch it with
+ * copy_to_user()/copy_from_user() like a process would, and check what
+ * HMM reports against it.  Data is always checked in both directions: a
+ * pattern written through the user mapping is read back through the pfns
+ * HMM returned (kmap_local_page()), and the other way round.
+ */
+#include <kunit/test.h>
+#include <linux/anon_inodes.h>
+#include <linux/completion.h>
+#include <linux/delay.h>
+#include <linux/file.h>
+#include <linux/highmem.h>
+#include <linux/hmm.h>
+#include <linux/huge_mm.h>
+#include <linux/kthread.h>
+#include <linux/mm.h>
+#include <linux/mman.h>
+#include <linux/mmu_context.h>
+#include <linux/mmu_notifier.h>
+#include <linux/mutex.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+
+#define HK_NPAGES	16
+#define HK_SIZE		(HK_NPAGES * PAGE_SIZE)
+#define HK_TIMEOUT_MS	10000
+
+/* Value of 64-bit word @word of the page mapped at @addr, tagged @tag. */
+static u64 hk_pattern(unsigned long addr, unsigned int word, u64 tag)
+{
+	return tag ^ addr ^ ((u64)word << 32) ^ 0x9e3779b97f4a7c15ULL;
+}
+
+static void hk_fill_page(struct page *page, unsigned long addr, u64 tag)
+{
+	u64 *p = kmap_local_page(page);
+	unsigned int i;
+
+	for (i = 0; i < PAGE_SIZE / sizeof(u64); i++)
+		p[i] = hk_pattern(addr, i, tag);
+	kunmap_local(p);
+}
+
+static bool hk_check_page(struct page *page, unsigned long addr, u64 tag)
+{
+	u64 *p = kmap_local_page(page);
+	bool ok = true;
+	unsigned int i;
+
+	for (i = 0; i < PAGE_SIZE / sizeof(u64) && ok; i++)
+		ok = p[i] == hk_pattern(addr, i, tag);
+	kunmap_local(p);
+	return ok;
+}
+
+static bool hk_page_is_zero(struct page *page)
+{
+	void *p = kmap_local_page(page);
+	bool zero = !memchr_inv(p, 0, PAGE_SIZE);
+
+	kunmap_local(p);
+	return zero;
+}
+
+/* Write the pattern of [addr, addr + size) through the user mapping. */
+static int hk_user_fill(unsigned long addr, unsigned long size, u64 tag)
+{
+	u64 *buf = kmalloc(PAGE_SIZE, GFP_KERNEL);
+	unsigned long off;
+	unsigned int i;
+	int ret = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	for (off = 0; off < size && !ret; off += PAGE_SIZE) {
+		for (i = 0; i < PAGE_SIZE / sizeof(u64); i++)
+			buf[i] = hk_pattern(addr + off, i, tag);
+		if (copy_to_user((void __user *)(addr + off), buf, PAGE_SIZE))
+			ret = -EFAULT;
+	}
+	kfree(buf);
+	return ret;
+}
+
+/* 0 if the user mapping of [addr, addr + size) holds the pattern. */
+static int hk_user_check(unsigned long addr, unsigned long size, u64 tag)
+{
+	u64 *buf = kmalloc(PAGE_SIZE, GFP_KERNEL);
+	unsigned long off;
+	unsigned int i;
+	int ret = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	for (off = 0; off < size && !ret; off += PAGE_SIZE) {
+		if (copy_from_user(buf, (void __user *)(addr + off),
+				   PAGE_SIZE)) {
+			ret = -EFAULT;
+			break;
+		}
+		for (i = 0; i < PAGE_SIZE / sizeof(u64); i++)
+			if (buf[i] != hk_pattern(addr + off, i, tag))
+				ret = -EIO;
+	}
+	kfree(buf);
+	return ret;
+}
+
+static unsigned long hk_map(struct kunit *test, unsigned long size,
+			    unsigned long prot)
+{
+	unsigned long addr;
+
+	addr = kunit_vm_mmap(test, NULL, 0, size, prot,
+			     MAP_ANONYMOUS | MAP_PRIVATE, 0);
+	KUNIT_ASSERT_FALSE_MSG(test, !addr || IS_ERR_VALUE(addr),
+			       "vm_mmap failed: %ld", (long)addr);
+	KUNIT_ASSERT_NOT_NULL(test, current->mm);
+	return addr;
+}
+
+/*
+ * Raw API: a driver-like interval notifier with its own lock, used the way
+ * Documentation/mm/hmm.rst tells drivers to.
+ */
+struct hk_notifier {
+	struct mmu_interval_notifier	notifier;
+	struct mutex			lock;	/* "device page table" */
+	atomic_t			invalidations;
+};
+
+static bool hk_invalidate(struct mmu_interval_notifier *mni,
+			  const struct mmu_notifier_range *range,
+			  unsigned long cur_seq)
+{
+	struct hk_notifier *hn = container_of(mni, struct hk_notifier,
+					      notifier);
+
+	if (mmu_notifier_range_blockable(range))
+		mutex_lock(&hn->lock);
+	else if (!mutex_trylock(&hn->lock))
+		return false;
+	mmu_interval_set_seq(mni, cur_seq);
+	atomic_inc(&hn->invalidations);
+	mutex_unlock(&hn->lock);
+	return true;
+}
+
+static const struct mmu_interval_notifier_ops hk_notifier_ops = {
+	.invalidate = hk_invalidate,
+};
+
+static void hk_notifier_remove(void *data)
+{
+	struct hk_notifier *hn = data;
+
+	mmu_interval_notifier_remove(&hn->notifier);
+	kfree(hn);
+}
+
+static struct hk_notifier *hk_notifier_add(struct kunit *test,
+					   unsigned long start,
+					   unsigned long size)
+{
+	struct hk_notifier *hn;
+	int ret;
+
+	hn = kzalloc(sizeof(*hn), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, hn);
+	mutex_init(&hn->lock);
+	ret = mmu_interval_notifier_insert(&hn->notifier, current->mm, start,
+					   size, &hk_notifier_ops);
+	if (ret)
+		kfree(hn);
+	KUNIT_ASSERT_EQ(test, ret, 0);
+	ret = kunit_add_action_or_reset(test, hk_notifier_remove, hn);
+	KUNIT_ASSERT_EQ(test, ret, 0);
+	return hn;
+}
+
+/*
+ * The driver retry loop: on success returns 0 with hn->lock held and the
+ * snapshot in range->hmm_pfns valid until the lock is dropped.
+ */
+static int hk_fault(struct hk_notifier *hn, struct hmm_range *range)
+{
+	unsigned long timeout = jiffies + msecs_to_jiffies(HK_TIMEOUT_MS);
+	struct mm_struct *mm = hn->notifier.mm;
+	int ret;
+
+	range->notifier = &hn->notifier;
+	do {
+		range->notifier_seq = mmu_interval_read_begin(&hn->notifier);
+		mmap_read_lock(mm);
+		ret = hmm_range_fault(range);
+		mmap_read_unlock(mm);
+		if (!ret) {
+			mutex_lock(&hn->lock);
+			if (!mmu_interval_read_retry(&hn->notifier,
+						     range->notifier_seq))
+				return 0;
+			mutex_unlock(&hn->lock);
+			ret = -EBUSY;
+		}
+	} while (ret == -EBUSY && !time_after(jiffies, timeout));
+	return ret;
+}
+
+static void hk_range_init(struct hmm_range *range, unsigned long *pfns,
+			  unsigned long start, unsigned long npages,
+			  unsigned long default_flags)
+{
+	memset(range, 0, sizeof(*range));
+	range->start = start;
+	range->end = start + npages * PAGE_SIZE;
+	range->hmm_pfns = pfns;
+	range->default_flags = default_flags;
+}
+
+#define HK_PFN_ACCESS	(HMM_PFN_VALID | HMM_PFN_WRITE | HMM_PFN_ERROR)
+
+/* A range nobody touched reads as all-zero entries and stays unpopulated. */
+static void hmm_test_snapshot_unpopulated(struct kunit *test)
+{
+	unsigned long pfns[HK_NPAGES], addr;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	int pass, i;
+
+	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	hn = hk_notifier_add(test, addr, HK_SIZE);
+
+	for (pass = 0; pass < 2; pass++) {
+		memset(pfns, 0xff, sizeof(pfns));
+		hk_range_init(&range, pfns, addr, HK_NPAGES, 0);
+		KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+		mutex_unlock(&hn->lock);
+		for (i = 0; i < HK_NPAGES; i++)
+			KUNIT_EXPECT_EQ_MSG(test, pfns[i], 0UL, "page %d", i);
+	}
+
+	/* A page written by the "process" shows up, and only that one. */
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr + 3 * PAGE_SIZE, PAGE_SIZE, 7),
+			0);
+	hk_range_init(&range, pfns, addr, HK_NPAGES, 0);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	for (i = 0; i < HK_NPAGES; i++) {
+		if (i != 3) {
+			KUNIT_EXPECT_EQ_MSG(test, pfns[i], 0UL, "page %d", i);
+			continue;
+		}
+		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+				HMM_PFN_VALID | HMM_PFN_WRITE);
+		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
+						      addr + 3 * PAGE_SIZE, 7));
+	}
+	mutex_unlock(&hn->lock);
+}
+
+/*
+ * A read fault of anonymous memory maps the shared zero page read-only;
+ * asking for write afterwards must break it into private pages.
+ */
+static void hmm_test_fault_read_zero_page(struct kunit *test)
+{
+	unsigned long pfns[HK_NPAGES], addr;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	int i;
+
+	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	hn = hk_notifier_add(test, addr, HK_SIZE);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	for (i = 0; i < HK_NPAGES; i++) {
+		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS, HMM_PFN_VALID);
+		KUNIT_EXPECT_TRUE(test,
+				  is_zero_pfn(page_to_pfn(hmm_pfn_to_page(pfns[i]))));
+		KUNIT_EXPECT_TRUE(test, hk_page_is_zero(hmm_pfn_to_page(pfns[i])));
+	}
+	mutex_unlock(&hn->lock);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES,
+		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	for (i = 0; i < HK_NPAGES; i++) {
+		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+				HMM_PFN_VALID | HMM_PFN_WRITE);
+		KUNIT_EXPECT_FALSE(test,
+				   is_zero_pfn(page_to_pfn(hmm_pfn_to_page(pfns[i]))));
+		KUNIT_EXPECT_EQ(test, hmm_pfn_to_map_order(pfns[i]), 0U);
+		hk_fill_page(hmm_pfn_to_page(pfns[i]), addr + i * PAGE_SIZE, 1);
+	}
+	for (i = 1; i < HK_NPAGES; i++)
+		KUNIT_EXPECT_NE(test, pfns[i] & ~HMM_PFN_FLAGS,
+				pfns[0] & ~HMM_PFN_FLAGS);
+	mutex_unlock(&hn->lock);
+
+	/* What the "device" wrote is what the process reads. */
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr, HK_SIZE, 1), 0);
+}
+
+/* Write fault of fresh memory, device -> CPU and CPU -> device data. */
+static void hmm_test_fault_write_data(struct kunit *test)
+{
+	unsigned long pfns[HK_NPAGES], addr;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	int i;
+
+	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	hn = hk_notifier_add(test, addr, HK_SIZE);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES,
+		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	for (i = 0; i < HK_NPAGES; i++) {
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+				HMM_PFN_VALID | HMM_PFN_WRITE);
+		KUNIT_EXPECT_EQ(test, hmm_pfn_to_phys(pfns[i]),
+				PFN_PHYS(page_to_pfn(hmm_pfn_to_page(pfns[i]))));
+		hk_fill_page(hmm_pfn_to_page(pfns[i]), addr + i * PAGE_SIZE, 2);
+	}
+	mutex_unlock(&hn->lock);
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr, HK_SIZE, 2), 0);
+
+	/* Now the CPU writes and a plain snapshot must see it. */
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 3), 0);
+	hk_range_init(&range, pfns, addr, HK_NPAGES, 0);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	for (i = 0; i < HK_NPAGES; i++) {
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+				HMM_PFN_VALID | HMM_PFN_WRITE);
+		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
+						      addr + i * PAGE_SIZE, 3));
+	}
+	mutex_unlock(&hn->lock);
+}
+
+/*
+ * Per-page requests through pfn_flags_mask: only the pages that ask are
+ * faulted; the others are reported as they are.
+ */
+static void hmm_test_per_page_request(struct kunit *test)
+{
+	unsigned long pfns[HK_NPAGES], addr;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	int i;
+
+	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	hn = hk_notifier_add(test, addr, HK_SIZE);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES, 0);
+	range.pfn_flags_mask = HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE;
+	for (i = 0; i < HK_NPAGES; i++) {
+		if (i % 4 == 1)
+			pfns[i] = HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE;
+		else if (i % 4 == 2)
+			pfns[i] = HMM_PFN_REQ_FAULT;
+		else
+			pfns[i] = 0;
+	}
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	for (i = 0; i < HK_NPAGES; i++) {
+		unsigned long want = 0;
+
+		if (i % 4 == 1)
+			want = HMM_PFN_VALID | HMM_PFN_WRITE;
+		else if (i % 4 == 2)
+			want = HMM_PFN_VALID;
+		KUNIT_EXPECT_EQ_MSG(test, pfns[i] & HK_PFN_ACCESS, want,
+				    "page %d", i);
+		if (i % 4 == 1)
+			hk_fill_page(hmm_pfn_to_page(pfns[i]),
+				     addr + i * PAGE_SIZE, 4);
+	}
+	mutex_unlock(&hn->lock);
+
+	for (i = 1; i < HK_NPAGES; i += 4)
+		KUNIT_EXPECT_EQ(test, hk_user_check(addr + i * PAGE_SIZE,
+						    PAGE_SIZE, 4), 0);
+}
+
+/* PROT_READ memory: reads are fine, a write request is -EPERM. */
+static void hmm_test_readonly_vma(struct kunit *test)
+{
+	unsigned long pfns[HK_NPAGES], addr;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	int i;
+
+	addr = hk_map(test, HK_SIZE, PROT_READ);
+	hn = hk_notifier_add(test, addr, HK_SIZE);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	for (i = 0; i < HK_NPAGES; i++) {
+		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS, HMM_PFN_VALID);
+		/* Fresh anonymous memory reads as zeroes, through the pfn. */
+		KUNIT_EXPECT_TRUE(test, hk_page_is_zero(hmm_pfn_to_page(pfns[i])));
+	}
+	mutex_unlock(&hn->lock);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES,
+		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
+	KUNIT_EXPECT_EQ(test, hk_fault(hn, &range), -EPERM);
+	KUNIT_EXPECT_FALSE(test, mutex_is_locked(&hn->lock));
+
+	/* One page asking for write is enough to fail the whole call. */
+	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
+	range.pfn_flags_mask = HMM_PFN_REQ_WRITE;
+	memset(pfns, 0, sizeof(pfns));
+	pfns[HK_NPAGES - 1] = HMM_PFN_REQ_WRITE;
+	KUNIT_EXPECT_EQ(test, hk_fault(hn, &range), -EPERM);
+}
+
+#if IS_BUILTIN(CONFIG_HMM_KUNIT_TEST)
+static int hk_madvise_hugepage(struct mm_struct *mm, unsigned long addr)
+{
+	struct vm_area_struct *vma;
+	int ret = -EFAULT;
+
+	mmap_write_lock(mm);
+	vma = find_vma(mm, addr);
+	if (vma && vma->vm_start <= addr) {
+		vm_flags_set(vma, VM_HUGEPAGE);
+		ret = 0;
+	}
+	mmap_write_unlock(mm);
+	return ret;
+}
+#endif
+
+/* A PMD-mapped THP is reported with its order and consecutive pfns. */
+static void hmm_test_thp_order(struct kunit *test)
+{
+#if IS_BUILTIN(CONFIG_HMM_KUNIT_TEST)
+	unsigned long npages = HPAGE_PMD_NR, addr, thp, i, first;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	unsigned long *pfns;
+	struct folio *folio;
+
+	if (!has_transparent_hugepage())
+		kunit_skip(test, "CPU has no PMD-sized transparent huge pages");
+
+	pfns = kunit_kcalloc(test, npages, sizeof(*pfns), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, pfns);
+	addr = hk_map(test, 2 * HPAGE_PMD_SIZE, PROT_READ | PROT_WRITE);
+	thp = ALIGN(addr, HPAGE_PMD_SIZE);
+	KUNIT_ASSERT_EQ(test, hk_madvise_hugepage(current->mm, thp), 0);
+	hn = hk_notifier_add(test, addr, 2 * HPAGE_PMD_SIZE);
+
+	hk_range_init(&range, pfns, thp, npages,
+		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	folio = page_folio(hmm_pfn_to_page(pfns[0]));
+	if (folio_order(folio) != HPAGE_PMD_ORDER) {
+		mutex_unlock(&hn->lock);
+		kunit_skip(test, "kernel gave no THP (sysfs policy or allocation)");
+	}
+	first = pfns[0] & ~HMM_PFN_FLAGS;
+	KUNIT_EXPECT_EQ(test, first % HPAGE_PMD_NR, 0UL);
+	for (i = 0; i < npages; i++) {
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+				HMM_PFN_VALID | HMM_PFN_WRITE);
+		KUNIT_ASSERT_EQ(test, hmm_pfn_to_map_order(pfns[i]),
+				(unsigned int)HPAGE_PMD_ORDER);
+		KUNIT_ASSERT_EQ(test, pfns[i] & ~HMM_PFN_FLAGS, first + i);
+	}
+	mutex_unlock(&hn->lock);
+
+	/* Data written by the CPU through the huge mapping, read by pfn. */
+	KUNIT_ASSERT_EQ(test, hk_user_fill(thp, HPAGE_PMD_SIZE, 5), 0);
+
+	/* A sub-range starting in the middle still reports the huge order. */
+	hk_range_init(&range, pfns, thp + 17 * PAGE_SIZE, 8, 0);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	for (i = 0; i < 8; i++) {
+		KUNIT_EXPECT_EQ(test, pfns[i] & ~HMM_PFN_FLAGS, first + 17 + i);
+		KUNIT_EXPECT_EQ(test, hmm_pfn_to_map_order(pfns[i]),
+				(unsigned int)HPAGE_PMD_ORDER);
+		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
+						      thp + (17 + i) * PAGE_SIZE,
+						      5));
+	}
+	mutex_unlock(&hn->lock);
+#else
+	kunit_skip(test, "setting VM_HUGEPAGE needs the test built in");
+#endif
+}
+
+/* Addresses without a VMA: errors in a snapshot, -EFAULT when faulting. */
+static void hmm_test_no_vma(struct kunit *test)
+{
+	unsigned long pfns[HK_NPAGES], addr;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	int i;
+
+	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	hn = hk_notifier_add(test, addr, HK_SIZE);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 6), 0);
+	KUNIT_ASSERT_EQ(test, vm_munmap(addr + 4 * PAGE_SIZE, 8 * PAGE_SIZE),
+			0);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES, 0);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	for (i = 0; i < HK_NPAGES; i++) {
+		if (i >= 4 && i < 12) {
+			KUNIT_EXPECT_EQ(test, pfns[i], (unsigned long)HMM_PFN_ERROR);
+			continue;
+		}
+		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+				HMM_PFN_VALID | HMM_PFN_WRITE);
+		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
+						      addr + i * PAGE_SIZE, 6));
+	}
+	mutex_unlock(&hn->lock);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
+	KUNIT_EXPECT_EQ(test, hk_fault(hn, &range), -EFAULT);
+	KUNIT_EXPECT_FALSE(test, mutex_is_locked(&hn->lock));
+}
+
+static int hk_pfnmap_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct page *page = file->private_data;
+
+	if (vma->vm_end - vma->vm_start != PAGE_SIZE || vma->vm_pgoff)
+		return -EINVAL;
+	return remap_pfn_range(vma, vma->vm_start, page_to_pfn(page),
+			       PAGE_SIZE, vma->vm_page_prot);
+}
+
+static const struct file_operations hk_pfnmap_fops = {
+	.owner	= THIS_MODULE,
+	.mmap	= hk_pfnmap_mmap,
+};
+
+/* A VM_PFNMAP mapping of a kernel page must never be handed out. */
+static void hmm_test_pfnmap_refused(struct kunit *test)
+{
+	unsigned long pfns[3], addr, before;
+	struct hmm_range range;
+	u64 word;
+	struct hk_notifier *hn;
+	struct page *page;
+	struct file *file;
+	int i;
+
+	page = alloc_page(GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, page);
+	hk_fill_page(page, 0, 8);
+	file = anon_inode_getfile("hmm_kunit_pfnmap", &hk_pfnmap_fops, page,
+				  O_RDWR);
+	if (IS_ERR(file)) {
+		__free_page(page);
+		KUNIT_FAIL(test, "anon_inode_getfile: %ld", PTR_ERR(file));
+		return;
+	}
+
+	/* Anonymous pages on both sides of the PFN map. */
+	before = hk_map(test, 3 * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	addr = vm_mmap(file, before + PAGE_SIZE, PAGE_SIZE,
+		       PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, 0);
+	fput(file);
+	if (IS_ERR_VALUE(addr)) {
+		__free_page(page);
+		KUNIT_FAIL(test, "vm_mmap of the pfn map: %ld", (long)addr);
+		return;
+	}
+	KUNIT_EXPECT_EQ(test, addr, before + PAGE_SIZE);
+	KUNIT_EXPECT_EQ(test, hk_user_fill(before, PAGE_SIZE, 9), 0);
+	KUNIT_EXPECT_EQ(test, hk_user_fill(before + 2 * PAGE_SIZE, PAGE_SIZE,
+					   9), 0);
+	/*
+	 * The mapping is real: the CPU sees the kernel page through it, and
+	 * what it writes there lands in the kernel page.
+	 */
+	KUNIT_EXPECT_EQ(test, get_user(word, (u64 __user *)addr +
+				       PAGE_SIZE / sizeof(u64) - 1), 0);
+	KUNIT_EXPECT_EQ(test, word,
+			hk_pattern(0, PAGE_SIZE / sizeof(u64) - 1, 8));
+	KUNIT_EXPECT_EQ(test, hk_user_fill(addr, PAGE_SIZE, 16), 0);
+	KUNIT_EXPECT_TRUE(test, hk_check_page(page, addr, 16));
+
+	hn = hk_notifier_add(test, before, 3 * PAGE_SIZE);
+	hk_range_init(&range, pfns, before, 3, 0);
+	KUNIT_EXPECT_EQ(test, hk_fault(hn, &range), 0);
+	if (mutex_is_locked(&hn->lock)) {
+		KUNIT_EXPECT_EQ(test, pfns[1], (unsigned long)HMM_PFN_ERROR);
+		for (i = 0; i < 3; i += 2)
+			KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
+							      before + i * PAGE_SIZE,
+							      9));
+		mutex_unlock(&hn->lock);
+	}
+
+	hk_range_init(&range, pfns, before, 3, HMM_PFN_REQ_FAULT);
+	KUNIT_EXPECT_EQ(test, hk_fault(hn, &range), -EFAULT);
+
+	/* Asking only for the neighbours works. */
+	hk_range_init(&range, pfns, before, 3, 0);
+	range.pfn_flags_mask = HMM_PFN_REQ_FAULT;
+	pfns[0] = HMM_PFN_REQ_FAULT;
+	pfns[1] = 0;
+	pfns[2] = HMM_PFN_REQ_FAULT;
+	KUNIT_EXPECT_EQ(test, hk_fault(hn, &range), 0);
+	if (mutex_is_locked(&hn->lock)) {
+		KUNIT_EXPECT_EQ(test, pfns[1], (unsigned long)HMM_PFN_ERROR);
+		mutex_unlock(&hn->lock);
+	}
+
+	vm_munmap(addr, PAGE_SIZE);
+	__free_page(page);
+}
+
+/* Malformed requests get -EINVAL, not a warning or an oops. */
+static void hmm_test_bad_ranges(struct kunit *test)
+{
+	unsigned long pfns[HK_NPAGES], addr, top;
+	struct hmm_range range;
+	struct hk_notifier *hn, *whole;
+	struct mm_struct *mm;
+	int i;
+	const struct {
+		const char *what;
+		unsigned long start, end;
+	} cases[] = {
+		{ "start > end", 4 * PAGE_SIZE, 2 * PAGE_SIZE },
+		{ "empty", 2 * PAGE_SIZE, 2 * PAGE_SIZE },
+		{ "unaligned start", 1, 2 * PAGE_SIZE },
+		{ "unaligned end", 0, PAGE_SIZE + 8 },
+		{ "outside notifier", 0, (HK_NPAGES + 1) * PAGE_SIZE },
+	};
+
+	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	hn = hk_notifier_add(test, addr, HK_SIZE);
+
+	for (i = 0; i < ARRAY_SIZE(cases); i++) {
+		hk_range_init(&range, pfns, 0, 0, HMM_PFN_REQ_FAULT);
+		range.start = addr + cases[i].start;
+		range.end = addr + cases[i].end;
+		range.notifier = &hn->notifier;
+		range.notifier_seq = mmu_interval_read_begin(&hn->notifier);
+		mmap_read_lock(mm);
+		KUNIT_EXPECT_EQ_MSG(test, hmm_range_fault(&range), -EINVAL,
+				    "%s", cases[i].what);
+		mmap_read_unlock(mm);
+	}
+
+	/* Beyond TASK_SIZE and wrapping around, with a notifier that spans. */
+	whole = hk_notifier_add(test, 0, ULONG_MAX);
+	top = mm->task_size;
+	hk_range_init(&range, pfns, top - PAGE_SIZE, 2, HMM_PFN_REQ_FAULT);
+	range.notifier = &whole->notifier;
+	range.notifier_seq = mmu_interval_read_begin(&whole->notifier);
+	mmap_read_lock(mm);
+	KUNIT_EXPECT_EQ(test, hmm_range_fault(&range), -EINVAL);
+	range.start = PAGE_ALIGN_DOWN(ULONG_MAX);
+	range.end = range.start + 2 * PAGE_SIZE;
+	KUNIT_EXPECT_EQ(test, hmm_range_fault(&range), -EINVAL);
+
+	/* Missing notifier or pfn array. */
+	hk_range_init(&range, pfns, addr, 1, 0);
+	KUNIT_EXPECT_EQ(test, hmm_range_fault(&range), -EINVAL);
+	range.notifier = &hn->notifier;
+	range.hmm_pfns = NULL;
+	KUNIT_EXPECT_EQ(test, hmm_range_fault(&range), -EINVAL);
+	KUNIT_EXPECT_EQ(test, hmm_range_fault(NULL), -EINVAL);
+
+	/* The last page below TASK_SIZE is a valid (if empty) request. */
+	hk_range_init(&range, pfns, top - PAGE_SIZE, 1, 0);
+	range.notifier = &whole->notifier;
+	range.notifier_seq = mmu_interval_read_begin(&whole->notifier);
+	KUNIT_EXPECT_EQ(test, hmm_range_fault(&range), 0);
+	KUNIT_EXPECT_EQ(test, pfns[0], (unsigned long)HMM_PFN_ERROR);
+	mmap_read_unlock(mm);
+}
+
+/*
+ * An invalidation between mmu_interval_read_begin() and hmm_range_fault()
+ * must make the call fail with -EBUSY; a fresh sequence then succeeds.
+ */
+static void hmm_test_invalidate_ebusy(struct kunit *test)
+{
+	unsigned long pfns[HK_NPAGES / 2], addr;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	struct mm_struct *mm;
+	int before, i;
+
+	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	hn = hk_notifier_add(test, addr, HK_SIZE);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 10), 0);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES / 2, HMM_PFN_REQ_FAULT);
+	range.notifier = &hn->notifier;
+	range.notifier_seq = mmu_interval_read_begin(&hn->notifier);
+	before = atomic_read(&hn->invalidations);
+	/* Unmapping the other half still invalidates our notifier. */
+	KUNIT_ASSERT_EQ(test, vm_munmap(addr + HK_SIZE / 2, HK_SIZE / 2), 0);
+	KUNIT_EXPECT_GT(test, atomic_read(&hn->invalidations), before);
+
+	mmap_read_lock(mm);
+	KUNIT_EXPECT_EQ(test, hmm_range_fault(&range), -EBUSY);
+	mmap_read_unlock(mm);
+	KUNIT_EXPECT_TRUE(test, mmu_interval_read_retry(&hn->notifier,
+							range.notifier_seq));
+
+	range.notifier_seq = mmu_interval_read_begin(&hn->notifier);
+	mmap_read_lock(mm);
+	KUNIT_EXPECT_EQ(test, hmm_range_fault(&range), 0);
+	mmap_read_unlock(mm);
+	mutex_lock(&hn->lock);
+	KUNIT_EXPECT_FALSE(test, mmu_interval_read_retry(&hn->notifier,
+							 range.notifier_seq));
+	for (i = 0; i < HK_NPAGES / 2; i++)
+		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
+						      addr + i * PAGE_SIZE, 10));
+	mutex_unlock(&hn->lock);
+}
+
+/* Mirror side: a recording driver. */
+struct hk_mirror {
+	struct hmm_mirror	mirror;
+	struct mutex		lock;	/* "device page table" */
+	atomic_t		clock;
+	atomic_t		invalidations;
+	atomic_t		releases;
+	int			release_time;
+	int			release_event_time;
+	int			events[HMM_UPDATE_RELEASE + 1];
+	unsigned long		last_start, last_end;
+	bool			registered;
+};
+
+static int hk_mirror_invalidate(struct hmm_mirror *mirror,
+				const struct hmm_update *update)
+{
+	struct hk_mirror *hm = container_of(mirror, struct hk_mirror, mirror);
+
+	if (update->blockable)
+		mutex_lock(&hm->lock);
+	else if (!mutex_trylock(&hm->lock))
+		return -EAGAIN;
+	atomic_inc(&hm->invalidations);
+	if (update->event <= HMM_UPDATE_RELEASE)
+		hm->events[update->event]++;
+	if (update->event == HMM_UPDATE_RELEASE && !hm->release_event_time)
+		hm->release_event_time = atomic_inc_return(&hm->clock);
+	hm->last_start = update->start;
+	hm->last_end = update->end;
+	mutex_unlock(&hm->lock);
+	return 0;
+}
+
+static void hk_mirror_release(struct hmm_mirror *mirror)
+{
+	struct hk_mirror *hm = container_of(mirror, struct hk_mirror, mirror);
+
+	atomic_inc(&hm->releases);
+	hm->release_time = atomic_inc_return(&hm->clock);
+}
+
+static const struct hmm_mirror_ops hk_mirror_ops = {
+	.invalidate_range	= hk_mirror_invalidate,
+	.release		= hk_mirror_release,
+};
+
+static void hk_mirror_cleanup(void *data)
+{
+	struct hk_mirror *hm = data;
+
+	if (hm->registered)
+		hmm_mirror_unregister(&hm->mirror);
+	kfree(hm);
+}
+
+static struct hk_mirror *hk_mirror_new(struct kunit *test,
+				       struct mm_struct *mm)
+{
+	struct hk_mirror *hm;
+
+	hm = kzalloc(sizeof(*hm), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, hm);
+	mutex_init(&hm->lock);
+	hm->mirror.ops = &hk_mirror_ops;
+	KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test,
+							hk_mirror_cleanup, hm),
+			0);
+	KUNIT_ASSERT_EQ(test, hmm_mirror_register(&hm->mirror, mm), 0);
+	hm->registered = true;
+	KUNIT_EXPECT_PTR_EQ(test, hm->mirror.mm, mm);
+	return hm;
+}
+
+static void hk_mirror_unregister(struct hk_mirror *hm)
+{
+	hmm_mirror_unregister(&hm->mirror);
+	hm->registered = false;
+}
+
+/*
+ * Register, fault through the mirror, see invalidations with the right
+ * event and range, unregister: no callback at all afterwards.
+ */
+static void hmm_test_mirror_lifecycle(struct kunit *test)
+{
+	unsigned long pfns[HK_NPAGES], addr;
+	struct hmm_range range;
+	struct hk_mirror *hm;
+	int i, count;
+
+	addr = hk_map(test, 2 * HK_SIZE, PROT_READ | PROT_WRITE);
+	hm = hk_mirror_new(test, current->mm);
+	KUNIT_EXPECT_PTR_EQ(test, hmm_mirror_notifier(&hm->mirror),
+			    &hm->mirror.interval);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES,
+		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
+	KUNIT_ASSERT_EQ(test, hmm_mirror_range_fault(&hm->mirror, &range,
+						     &hm->lock), 0);
+	KUNIT_EXPECT_TRUE(test, mutex_is_locked(&hm->lock));
+	KUNIT_EXPECT_PTR_EQ(test, range.notifier, &hm->mirror.interval);
+	for (i = 0; i < HK_NPAGES; i++) {
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+				HMM_PFN_VALID | HMM_PFN_WRITE);
+		hk_fill_page(hmm_pfn_to_page(pfns[i]), addr + i * PAGE_SIZE,
+			     11);
+	}
+	mutex_unlock(&hm->lock);
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr, HK_SIZE, 11), 0);
+
+	/* CPU writes the second half, the mirror reads it. */
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr + HK_SIZE, HK_SIZE, 12), 0);
+	hk_range_init(&range, pfns, addr + HK_SIZE, HK_NPAGES,
+		      HMM_PFN_REQ_FAULT);
+	KUNIT_ASSERT_EQ(test, hmm_mirror_range_fault(&hm->mirror, &range,
+						     &hm->lock), 0);
+	for (i = 0; i < HK_NPAGES; i++)
+		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
+						      addr + HK_SIZE +
+						      i * PAGE_SIZE, 12));
+	mutex_unlock(&hm->lock);
+
+	count = atomic_read(&hm->invalidations);
+	KUNIT_ASSERT_EQ(test, vm_munmap(addr + 2 * PAGE_SIZE, 2 * PAGE_SIZE),
+			0);
+	KUNIT_EXPECT_GT(test, atomic_read(&hm->invalidations), count);
+	KUNIT_EXPECT_GT(test, hm->events[HMM_UPDATE_UNMAP], 0);
+	KUNIT_EXPECT_LE(test, hm->last_start, addr + 2 * PAGE_SIZE);
+	KUNIT_EXPECT_GE(test, hm->last_end, addr + 4 * PAGE_SIZE);
+
+	/* The unmapped hole now fails a fault through the mirror. */
+	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
+	KUNIT_EXPECT_EQ(test, hmm_mirror_range_fault(&hm->mirror, &range,
+						     &hm->lock), -EFAULT);
+	KUNIT_EXPECT_FALSE(test, mutex_is_locked(&hm->lock));
+
+	hk_mirror_unregister(hm);
+	count = atomic_read(&hm->invalidations);
+	KUNIT_EXPECT_EQ(test, vm_munmap(addr, 2 * HK_SIZE), 0);
+	KUNIT_EXPECT_EQ(test, atomic_read(&hm->invalidations), count);
+	KUNIT_EXPECT_EQ(test, atomic_read(&hm->releases), 0);
+}
+
+/*
+ * The mm dies while the mirror is registered: a RELEASE invalidation,
+ * then ->release exactly once, faults fail with -EFAULT, and unregister
+ * does not call ->release again.
+ */
+static void hmm_test_mirror_release(struct kunit *test)
+{
+	unsigned long pfns[HK_NPAGES], addr;
+	struct hmm_mirror late = { .ops = &hk_mirror_ops };
+	struct hmm_range range;
+	struct hk_mirror *hm;
+	struct mm_struct *mm;
+	int i;
+
+	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	hm = hk_mirror_new(test, mm);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 13), 0);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
+	KUNIT_ASSERT_EQ(test, hmm_mirror_range_fault(&hm->mirror, &range,
+						     &hm->lock), 0);
+	for (i = 0; i < HK_NPAGES; i++)
+		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
+						      addr + i * PAGE_SIZE, 13));
+	mutex_unlock(&hm->lock);
+	KUNIT_EXPECT_EQ(test, atomic_read(&hm->releases), 0);
+
+	/* "Process exit": drop the only user of the mm. */
+	kthread_unuse_mm(mm);
+	mmput(mm);
+
+	KUNIT_EXPECT_EQ(test, atomic_read(&hm->releases), 1);
+	KUNIT_EXPECT_GT(test, hm->events[HMM_UPDATE_RELEASE], 0);
+	KUNIT_EXPECT_GT(test, hm->release_event_time, 0);
+	KUNIT_EXPECT_LT(test, hm->release_event_time, hm->release_time);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
+	KUNIT_EXPECT_EQ(test, hmm_mirror_range_fault(&hm->mirror, &range,
+						     &hm->lock), -EFAULT);
+	KUNIT_EXPECT_FALSE(test, mutex_is_locked(&hm->lock));
+
+	/* A dead mm cannot be mirrored any more. */
+	KUNIT_EXPECT_EQ(test, hmm_mirror_register(&late, mm), -EINVAL);
+
+	hk_mirror_unregister(hm);
+	KUNIT_EXPECT_EQ(test, atomic_read(&hm->releases), 1);
+}
+
+/* Bad arguments to the mirror API. */
+static void hmm_test_mirror_bad_args(struct kunit *test)
+{
+	static const struct hmm_mirror_ops no_invalidate = {
+		.release = hk_mirror_release,
+	};
+	struct hmm_mirror mirror = { };
+	unsigned long pfns[2], addr;
+	struct hmm_range range;
+	struct hk_mirror *hm;
+	struct mutex lock;	/* stands for a driver lock */
+
+	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	mutex_init(&lock);
+
+	KUNIT_EXPECT_EQ(test, hmm_mirror_register(&mirror, current->mm),
+			-EINVAL);
+	mirror.ops = &no_invalidate;
+	KUNIT_EXPECT_EQ(test, hmm_mirror_register(&mirror, current->mm),
+			-EINVAL);
+	mirror.ops = &hk_mirror_ops;
+	KUNIT_EXPECT_EQ(test, hmm_mirror_register(&mirror, NULL), -EINVAL);
+	KUNIT_EXPECT_EQ(test, hmm_mirror_register(NULL, current->mm),
+			-EINVAL);
+	/* Unregistering a mirror that never registered is harmless. */
+	hmm_mirror_unregister(&mirror);
+
+	hm = hk_mirror_new(test, current->mm);
+	hk_range_init(&range, pfns, addr + 1, 1, HMM_PFN_REQ_FAULT);
+	KUNIT_EXPECT_EQ(test, hmm_mirror_range_fault(&hm->mirror, &range,
+						     &lock), -EINVAL);
+	hk_range_init(&range, pfns, current->mm->task_size, 1,
+		      HMM_PFN_REQ_FAULT);
+	KUNIT_EXPECT_EQ(test, hmm_mirror_range_fault(&hm->mirror, &range,
+						     &lock), -EINVAL);
+	KUNIT_EXPECT_FALSE(test, mutex_is_locked(&lock));
+	KUNIT_EXPECT_EQ(test, hmm_mirror_range_fault(&hm->mirror, NULL,
+						     &lock), -EINVAL);
+
+	/* And a good request on the same mirror still works. */
+	hk_range_init(&range, pfns, addr, 2,
+		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
+	KUNIT_ASSERT_EQ(test, hmm_mirror_range_fault(&hm->mirror, &range,
+						     &lock), 0);
+	hk_fill_page(hmm_pfn_to_page(pfns[1]), addr + PAGE_SIZE, 14);
+	mutex_unlock(&lock);
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr + PAGE_SIZE, PAGE_SIZE, 14),
+			0);
+}
+
+/* A thread faulting through a mirror in a loop until it gets an error. */
+struct hk_faulter {
+	struct hk_mirror	*hm;
+	unsigned long		addr;
+	atomic_t		rounds;
+	int			result;
+	bool			bad_data;
+	struct completion	done;
+};
+
+static int hk_faulter_fn(void *data)
+{
+	struct hk_faulter *f = data;
+	unsigned long pfns[HK_NPAGES];
+	struct hmm_range range;
+	int ret, i;
+
+	for (;;) {
+		hk_range_init(&range, pfns, f->addr, HK_NPAGES,
+			      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
+		ret = hmm_mirror_range_fault(&f->hm->mirror, &range,
+					     &f->hm->lock);
+		if (ret)
+			break;
+		for (i = 0; i < HK_NPAGES; i++) {
+			if ((pfns[i] & HK_PFN_ACCESS) !=
+			    (HMM_PFN_VALID | HMM_PFN_WRITE)) {
+				f->bad_data = true;
+				continue;
+			}
+			hk_fill_page(hmm_pfn_to_page(pfns[i]),
+				     f->addr + i * PAGE_SIZE, 15);
+		}
+		mutex_unlock(&f->hm->lock);
+		atomic_inc(&f->rounds);
+		cond_resched();
+	}
+	f->result = ret;
+	complete(&f->done);
+	return 0;
+}
+
+static struct hk_faulter *hk_faulter_start(struct kunit *test,
+					   struct hk_mirror *hm,
+					   unsigned long addr)
+{
+	struct hk_faulter *f;
+	struct task_struct *task;
+	int waited = 0;
+
+	/* Not test-managed: it must outlive us if the thread gets stuck. */
+	f = kzalloc(sizeof(*f), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, f);
+	f->hm = hm;
+	f->addr = addr;
+	init_completion(&f->done);
+	task = kthread_run(hk_faulter_fn, f, "hmm_kunit_fault");
+	if (IS_ERR(task)) {
+		kfree(f);
+		KUNIT_FAIL_AND_ABORT(test, "kthread_run: %ld", PTR_ERR(task));
+	}
+	while (atomic_read(&f->rounds) < 3 && waited < HK_TIMEOUT_MS &&
+	       !completion_done(&f->done)) {
+		usleep_range(5000, 10000);
+		waited += 5;
+	}
+	KUNIT_EXPECT_GE(test, atomic_read(&f->rounds), 3);
+	return f;
+}
+
+/* Returns the thread's final error, or 1 if it is stuck. */
+static int hk_faulter_finish(struct hk_faulter *f)
+{
+	int ret;
+
+	if (!wait_for_completion_timeout(&f->done,
+					 msecs_to_jiffies(HK_TIMEOUT_MS)))
+		return 1;	/* leak f: the thread still uses it */
+	ret = f->result;
+	if (f->bad_data)
+		ret = 2;
+	kfree(f);
+	return ret;
+}
+
+/*
+ * munmap, then mm exit, while another thread keeps faulting through the
+ * mirror: the faulter must see -EFAULT, never stale or missing pages.
+ */
+static void hmm_test_mirror_fault_vs_teardown(struct kunit *test)
+{
+	struct hk_faulter *f;
+	struct hk_mirror *hm;
+	struct mm_struct *mm;
+	unsigned long addr;
+	u64 word;
+
+	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	hm = hk_mirror_new(test, mm);
+
+	f = hk_faulter_start(test, hm, addr);
+	/* What the faulting "device" wrote reaches the process. */
+	KUNIT_EXPECT_EQ(test, get_user(word, (u64 __user *)addr), 0);
+	KUNIT_EXPECT_EQ(test, word, hk_pattern(addr, 0, 15));
+	KUNIT_EXPECT_EQ(test, vm_munmap(addr, HK_SIZE), 0);
+	KUNIT_EXPECT_EQ(test, hk_faulter_finish(f), -EFAULT);
+	KUNIT_EXPECT_GT(test, hm->events[HMM_UPDATE_UNMAP], 0);
+
+	addr = vm_mmap(NULL, 0, HK_SIZE, PROT_READ | PROT_WRITE,
+		       MAP_ANONYMOUS | MAP_PRIVATE, 0);
+	KUNIT_ASSERT_FALSE(test, IS_ERR_VALUE(addr));
+	f = hk_faulter_start(test, hm, addr);
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr, HK_SIZE, 15), 0);
+	kthread_unuse_mm(mm);
+	mmput(mm);
+	KUNIT_EXPECT_EQ(test, hk_faulter_finish(f), -EFAULT);
+	KUNIT_EXPECT_EQ(test, atomic_read(&hm->releases), 1);
+	hk_mirror_unregister(hm);
+	KUNIT_EXPECT_EQ(test, atomic_read(&hm->releases), 1);
+}
+
+static struct kunit_case hmm_test_cases[] = {
+	KUNIT_CASE(hmm_test_snapshot_unpopulated),
+	KUNIT_CASE(hmm_test_fault_read_zero_page),
+	KUNIT_CASE(hmm_test_fault_write_data),
+	KUNIT_CASE(hmm_test_per_page_request),
+	KUNIT_CASE(hmm_test_readonly_vma),
+	KUNIT_CASE(hmm_test_thp_order),
+	KUNIT_CASE(hmm_test_no_vma),
+	KUNIT_CASE(hmm_test_pfnmap_refused),
+	KUNIT_CASE(hmm_test_bad_ranges),
+	KUNIT_CASE(hmm_test_invalidate_ebusy),
+	KUNIT_CASE(hmm_test_mirror_lifecycle),
+	KUNIT_CASE(hmm_test_mirror_release),
+	KUNIT_CASE(hmm_test_mirror_bad_args),
+	KUNIT_CASE(hmm_test_mirror_fault_vs_teardown),
+	{}
+};
+
+static struct kunit_suite hmm_test_suite = {
+	.name = "hmm",
+	.test_cases = hmm_test_cases,
+};
+
+kunit_test_suite(hmm_test_suite);
+
+MODULE_DESCRIPTION("KUnit tests for hmm_range_fault() and hmm_mirror");
+MODULE_LICENSE("GPL");
