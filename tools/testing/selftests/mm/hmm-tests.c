@@ -316,6 +316,7 @@ FIXTURE(dmirror) {
 	int fd;
 	int peer_fd;
 	size_t psz;
+	bool gigantic_borrowed;	/* shrink the 1 GiB pool back on teardown */
 };
 
 FIXTURE_VARIANT(dmirror) {
@@ -352,10 +353,15 @@ FIXTURE_SETUP(dmirror)
 	ASSERT_LE(0, self->peer_fd);
 }
 
+#define GIGANTIC_NR "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"
+
 FIXTURE_TEARDOWN(dmirror)
 {
 	close(self->peer_fd);
 	close(self->fd);
+	/* A page still mapped becomes surplus and is freed at exit. */
+	if (self->gigantic_borrowed)
+		write_long_file(GIGANTIC_NR, 0);
 }
 
 /* What SNAPSHOT on the local device reports for a writable migrated page. */
@@ -963,8 +969,6 @@ TEST_F(dmirror, hugetlb_read_write)
 	ASSERT_EQ(0, munmap(va, len));
 }
 
-#define GIGANTIC_NR "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"
-
 /*
  * A PUD-sized page is reported as such. Needs a 1 GiB hugetlb page; one is
  * borrowed for the test when the pool can grow at run time.
@@ -976,27 +980,21 @@ TEST_F_TIMEOUT(dmirror, hugetlb_pud_snapshot, 60)
 	struct hmm_dmirror_cmd cmd;
 	unsigned long i, probe;
 	unsigned char *snap;
-	bool grown = false;
 	char *va, *dbuf;
 
 	if (nr < 0)
 		SKIP(return, "no 1 GiB hugetlb page size on this machine");
 	if (nr == 0) {
+		self->gigantic_borrowed = true;
 		if (write_long_file(GIGANTIC_NR, 1) ||
-		    read_long_file(GIGANTIC_NR) != 1) {
-			write_long_file(GIGANTIC_NR, 0);
+		    read_long_file(GIGANTIC_NR) != 1)
 			SKIP(return, "no 1 GiB hugetlb page could be allocated");
-		}
-		grown = true;
 	}
 	va = mmap(NULL, SZ_1G, PROT_READ | PROT_WRITE,
 		  MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (30 << MAP_HUGE_SHIFT),
 		  -1, 0);
-	if (va == MAP_FAILED) {
-		if (grown)
-			write_long_file(GIGANTIC_NR, 0);
+	if (va == MAP_FAILED)
 		SKIP(return, "1 GiB hugetlb page in use elsewhere");
-	}
 	snap = malloc(npages);
 	dbuf = malloc(self->psz);
 	ASSERT_NE(NULL, snap);
@@ -1020,8 +1018,6 @@ TEST_F_TIMEOUT(dmirror, hugetlb_pud_snapshot, 60)
 		ASSERT_EQ(pat_word(37, probe), *(__u64 *)dbuf);
 	}
 	ASSERT_EQ(0, munmap(va, SZ_1G));
-	if (grown)
-		write_long_file(GIGANTIC_NR, 0);
 }
 
 /* ---------------------------------------------------------------------
