@@ -22,6 +22,7 @@ step "building guest programs and the initramfs"
 rm -rf "$ROOT"
 mkdir -p "$ROOT"/{bin,dev,proc,sys,tmp,opt/hmm}
 cp /bin/busybox "$ROOT/bin/busybox"
+ln -s busybox "$ROOT/bin/sh"
 file -b /bin/busybox 2>/dev/null | grep -q static ||
 	ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' ||
 	die "/bin/busybox is not static: install busybox-static"
