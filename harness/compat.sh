@@ -12,11 +12,26 @@ set -euo pipefail
 CBUILD=$OUT/compat
 OBJECTS="drivers/gpu/drm/nouveau/nouveau_svm.o
 drivers/gpu/drm/nouveau/nouveau_dmem.o
-drivers/gpu/drm/amd/amdkfd/kfd_svm.o
-drivers/gpu/drm/amd/amdkfd/kfd_migrate.o
 drivers/gpu/drm/amd/amdgpu/amdgpu_hmm.o
 drivers/gpu/drm/xe/xe_hmm.o
 drivers/infiniband/core/umem_odp.o"
+
+# amdkfd is compiled as part of amdgpu, with amdgpu's flags, and kbuild
+# cannot build one of its objects alone: reuse amdgpu_hmm.o's command.
+KFD="kfd_svm kfd_migrate"
+
+kfd_compile() {
+	local name=$1 cmd
+
+	cmd=$(sed -n '1s/^savedcmd_[^ ]* := //p' \
+		"$CBUILD/drivers/gpu/drm/amd/amdgpu/.amdgpu_hmm.o.cmd" |
+		sed -e "s#amdgpu/amdgpu_hmm#amdkfd/$name#g" \
+		    -e "s#amdgpu/\.amdgpu_hmm#amdkfd/.$name#g" \
+		    -e "s#\"amdgpu_hmm\"#\"$name\"#g")
+	[ -n "$cmd" ] || die "no saved command line for amdgpu_hmm.o"
+	mkdir -p "$CBUILD/drivers/gpu/drm/amd/amdkfd"
+	(cd "$CBUILD" && eval "$cmd")
+}
 
 kmake() { make -C "$LINUX" O="$CBUILD" CC="ccache gcc" HOSTCC="ccache gcc" "$@"; }
 
@@ -35,6 +50,10 @@ done < <(grep -hE '^CONFIG_' "$HARNESS"/configs/compat/*.config)
 step "compiling the in-tree users of the HMM API"
 # shellcheck disable=SC2086
 run_logged "$LOGS/compat.log" "compat build" kmake -j"$JOBS" $OBJECTS
+for k in $KFD; do
+	run_logged "$LOGS/compat-$k.log" "compiling amdkfd/$k.o" kfd_compile "$k"
+	OBJECTS="$OBJECTS drivers/gpu/drm/amd/amdkfd/$k.o"
+done
 for o in $OBJECTS; do
 	[ -f "$CBUILD/$o" ] || die "$o was not built"
 	info "ok  $o"
