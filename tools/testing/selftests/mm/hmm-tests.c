@@ -1393,7 +1393,7 @@ TEST_F(dmirror, migrate_many_times)
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
 
-	for (round = 0; round < 16; round++) {
+	for (round = 0; round < 8; round++) {
 		seed = 100 + 2 * round;
 		pat_fill(va, len, seed, 0);
 
@@ -2135,7 +2135,7 @@ static void *unmap_race_thread(void *arg)
  */
 TEST_F(dmirror, munmap_races_device)
 {
-	const unsigned long npages = 256;
+	const unsigned long npages = 64;
 	size_t len = npages * self->psz;
 	struct unmap_race race = { .len = len };
 	struct hmm_dmirror_cmd cmd;
@@ -2146,7 +2146,7 @@ TEST_F(dmirror, munmap_races_device)
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
 
-	for (round = 0; round < 16; round++) {
+	for (round = 0; round < 8; round++) {
 		race.va = anon_map(len, PROT_READ | PROT_WRITE, false);
 		ASSERT_NE(NULL, race.va);
 		pat_fill(race.va, len, 300 + round, 0);
@@ -2158,7 +2158,7 @@ TEST_F(dmirror, munmap_races_device)
 		ASSERT_EQ(0, pthread_create(&thread, NULL, unmap_race_thread,
 					    &race));
 		__atomic_store_n(&race.go, 1, __ATOMIC_RELEASE);
-		for (reads = 0; reads < 1000; reads++) {
+		for (reads = 0; reads < 200; reads++) {
 			ret = dmirror_req(self->fd, HMM_DMIRROR_READ, race.va,
 					  dbuf, npages, &cmd);
 			if (ret)
@@ -2251,7 +2251,7 @@ TEST_F(dmirror, exit_with_device_pages)
 	char *va, *dbuf;
 	int i;
 
-	for (i = 0; i < 4; i++)
+	for (i = 0; i < 2; i++)
 		ASSERT_EQ(0, in_child(exit_job_child, &job));
 
 	va = anon_map(len, PROT_READ | PROT_WRITE, false);
