@@ -976,7 +976,7 @@ TEST_F(dmirror, hugetlb_read_write)
  * A PUD-sized page is reported as such. Needs a 1 GiB hugetlb page; one is
  * borrowed for the test when the pool can grow at run time.
  */
-TEST_F_TIMEOUT(dmirror, hugetlb_pud_snapshot, 60)
+TEST_F_TIMEOUT(dmirror, hugetlb_pud_snapshot, 180)
 {
 	unsigned long npages = SZ_1G / self->psz;
 	long nr = read_long_file(GIGANTIC_NR);
@@ -2321,9 +2321,11 @@ FIXTURE_TEARDOWN(dmirror_big)
  * device. The first window comes back through CPU faults (device-private
  * memory) or in-place CPU access (coherent), the rest by explicit
  * migration. The buffer shrinks if the machine cannot spare it; the size
- * used is logged.
+ * used is logged. The timeout is generous because it counts guest time,
+ * which under TCG on a busy host can run several times faster than the
+ * wall clock; the harness's own QEMU timeout catches a real hang.
  */
-TEST_F_TIMEOUT(dmirror_big, whole_buffer_migration, 300)
+TEST_F_TIMEOUT(dmirror_big, whole_buffer_migration, 900)
 {
 	long avail_kb = meminfo_kb("MemAvailable");
 	size_t len = variant->len, off, win_pages;
