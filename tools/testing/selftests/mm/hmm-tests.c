@@ -1,0 +1,2385 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * HMM selftests, driven through the dummy device of lib/test_hmm.c.
+ *
+ * Each /dev/hmm_dmirrorN node stands for a device that mirrors the address
+ * space of whoever opened it. The ioctls of lib/test_hmm_uapi.h make that
+ * device read or write process memory through its own page table (filled by
+ * hmm_range_fault()), move pages into its memory and back (migrate_vma_*()),
+ * take exclusive access for atomics, and report what hmm_range_fault()
+ * reports for each page. Units 0 and 1 have device-private memory, units 2
+ * and 3 device-coherent memory; every test runs on both kinds.
+ *
+ * Each case moves a known pattern between the CPU and the device and
+ * checks it on the side that did not write it. Return values, errno and
+ * the cpages/faults counters are checked where the ABI gives them a
+ * meaning.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+
+#include "../kselftest_harness.h"
+#include <lib/test_hmm_uapi.h>
+
+#define SZ_1M		(1024UL * 1024)
+#define SZ_1G		(1024 * SZ_1M)
+
+/* Device-side view of one page as SNAPSHOT reports it. */
+#define DEV_RW		HMM_DMIRROR_PROT_WRITE
+#define DEV_RO		HMM_DMIRROR_PROT_READ
+
+/* ---------------------------------------------------------------------
+ * Small helpers: device requests, data patterns, mappings, /proc parsing.
+ */
+
+static int dmirror_open(int unit)
+{
+	char path[32];
+
+	snprintf(path, sizeof(path), "/dev/hmm_dmirror%d", unit);
+	return open(path, O_RDWR | O_CLOEXEC);
+}
+
+/*
+ * Issue one request for @npages pages at @addr, with @data as the
+ * device-side buffer. Returns 0 or the negated errno so that tests compare
+ * against the errno the ABI documents. The driver copies @cmd back only on
+ * success, so the counters are cleared first.
+ */
+static int dmirror_req(int fd, unsigned long req, void *addr, void *data,
+		       unsigned long npages, struct hmm_dmirror_cmd *cmd)
+{
+	int ret;
+
+	memset(cmd, 0, sizeof(*cmd));
+	cmd->addr = (uintptr_t)addr;
+	cmd->ptr = (uintptr_t)data;
+	cmd->npages = npages;
+	do {
+		ret = ioctl(fd, req, cmd);
+	} while (ret < 0 && errno == EINTR);
+	return ret < 0 ? -errno : 0;
+}
+
+/*
+ * Pattern word number @idx of pattern @seed. The seed sits in the high
+ * half so it is never zero for seed != 0 and two seeds never agree; the
+ * index is the word's position in the whole buffer, so a page copied to
+ * the wrong place is caught as surely as a page not copied at all.
+ */
+static inline __u64 pat_word(__u32 seed, size_t idx)
+{
+	return ((__u64)seed << 32) | (__u32)idx;
+}
+
+/* Fill @len bytes at @p, which sits at byte @off of its buffer. */
+static void pat_fill(void *p, size_t len, __u32 seed, size_t off)
+{
+	__u64 *w = p;
+	size_t base = off / sizeof(*w);
+	size_t i;
+
+	for (i = 0; i < len / sizeof(*w); i++)
+		w[i] = pat_word(seed, base + i);
+}
+
+/* Byte offset from @p of the first wrong word, or -1 if all match. */
+static long pat_find_bad(const void *p, size_t len, __u32 seed,
+			 size_t off)
+{
+	const __u64 *w = p;
+	size_t base = off / sizeof(*w);
+	size_t i;
+
+	for (i = 0; i < len / sizeof(*w); i++)
+		if (w[i] != pat_word(seed, base + i))
+			return (long)(i * sizeof(*w));
+	return -1;
+}
+
+static long zero_find_bad(const void *p, size_t len)
+{
+	const __u64 *w = p;
+	size_t i;
+
+	for (i = 0; i < len / sizeof(*w); i++)
+		if (w[i])
+			return (long)(i * sizeof(*w));
+	return -1;
+}
+
+/*
+ * Anonymous private mapping. @no_thp keeps THP out (and stops the range
+ * merging with neighbours that allow it), for cases whose expectations
+ * depend on base-page mappings whatever the THP mode is.
+ */
+static void *anon_map(size_t len, int prot, bool no_thp)
+{
+	void *p = mmap(NULL, len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	if (no_thp && madvise(p, len, MADV_NOHUGEPAGE)) {
+		munmap(p, len);
+		return NULL;
+	}
+	return p;
+}
+
+/* Anonymous read-write mapping of @len bytes starting on an @align boundary. */
+static void *anon_map_aligned(size_t len, size_t align)
+{
+	size_t span = len + align;
+	char *raw, *p;
+
+	raw = mmap(NULL, span, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED)
+		return NULL;
+	p = (char *)(((uintptr_t)raw + align - 1) & ~(uintptr_t)(align - 1));
+	if (p != raw)
+		munmap(raw, p - raw);
+	munmap(p + len, raw + span - (p + len));
+	return p;
+}
+
+/* Value in kB of @key in /proc/meminfo, or -1. */
+static long meminfo_kb(const char *key)
+{
+	size_t klen = strlen(key);
+	char line[128];
+	long val = -1;
+	FILE *f;
+
+	f = fopen("/proc/meminfo", "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (!strncmp(line, key, klen) && line[klen] == ':') {
+			val = strtol(line + klen + 1, NULL, 10);
+			break;
+		}
+	}
+	fclose(f);
+	return val;
+}
+
+static long read_long_file(const char *path)
+{
+	char buf[64];
+	long val = -1;
+	FILE *f;
+
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (fgets(buf, sizeof(buf), f))
+		val = strtol(buf, NULL, 10);
+	fclose(f);
+	return val;
+}
+
+static int write_long_file(const char *path, long val)
+{
+	FILE *f = fopen(path, "w");
+	int ret;
+
+	if (!f)
+		return -errno;
+	ret = fprintf(f, "%ld\n", val) < 0 ? -EIO : 0;
+	if (fclose(f) && !ret)
+		ret = -errno;
+	return ret;
+}
+
+static size_t pmd_size(void)
+{
+	long v = read_long_file("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size");
+
+	return v > 0 ? (size_t)v : 2 * SZ_1M;
+}
+
+/*
+ * Map @len bytes of PMD-aligned anonymous memory advised for THP and fill
+ * it with @seed. Returns NULL when the kernel backed it with base pages
+ * (THP off, or no huge page free), which the caller reports as a skip:
+ * AnonHugePages must have grown by at least @len for the fill.
+ */
+static char *thp_map_filled(size_t len, __u32 seed)
+{
+	long before = meminfo_kb("AnonHugePages");
+	long after;
+	char *p;
+
+	p = anon_map_aligned(len, pmd_size());
+	if (!p)
+		return NULL;
+	if (madvise(p, len, MADV_HUGEPAGE)) {
+		munmap(p, len);
+		return NULL;
+	}
+	pat_fill(p, len, seed, 0);
+	after = meminfo_kb("AnonHugePages");
+	if (before < 0 || after - before < (long)(len >> 10)) {
+		munmap(p, len);
+		return NULL;
+	}
+	return p;
+}
+
+/* Temporary file in /tmp holding @len bytes of pattern @seed, unlinked. */
+static int tmpfile_with_pattern(size_t len, __u32 seed)
+{
+	char name[] = "/tmp/hmm-tests-XXXXXX";
+	void *src;
+	int fd;
+
+	fd = mkstemp(name);
+	if (fd < 0)
+		return -1;
+	unlink(name);
+	src = malloc(len);
+	if (!src)
+		goto err_close;
+	pat_fill(src, len, seed, 0);
+	if (pwrite(fd, src, len, 0) != (ssize_t)len)
+		goto err_free;
+	free(src);
+	return fd;
+
+err_free:
+	free(src);
+err_close:
+	close(fd);
+	return -1;
+}
+
+/* Check that @len bytes of @fd from offset 0 hold pattern @seed. */
+static long file_find_bad(int fd, size_t len, __u32 seed)
+{
+	void *buf = malloc(len);
+	long bad;
+
+	if (!buf)
+		return -2;
+	if (pread(fd, buf, len, 0) != (ssize_t)len)
+		bad = -3;
+	else
+		bad = pat_find_bad(buf, len, seed, 0);
+	free(buf);
+	return bad;
+}
+
+/*
+ * Run @fn in a child process and return its exit status (128 + signal if
+ * it was killed). Children report by exit code: the harness's ASSERT
+ * machinery belongs to the test process and must not run in a fork.
+ */
+static int in_child(int (*fn)(void *), void *arg)
+{
+	int status;
+	pid_t pid;
+
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0)
+		_exit(fn(arg));
+	if (waitpid(pid, &status, 0) != pid)
+		return -errno;
+	if (WIFSIGNALED(status))
+		return 128 + WTERMSIG(status);
+	return WEXITSTATUS(status);
+}
+
+/* ---------------------------------------------------------------------
+ * Fixture: one device under test plus a peer device with the same kind of
+ * memory, both open for the calling process.
+ */
+
+FIXTURE(dmirror) {
+	int fd;
+	int peer_fd;
+	size_t psz;
+	bool gigantic_borrowed;	/* shrink the 1 GiB pool back on teardown */
+};
+
+FIXTURE_VARIANT(dmirror) {
+	int unit;
+	int peer;
+	bool coherent;
+};
+
+FIXTURE_VARIANT_ADD(dmirror, private_mem) {
+	.unit = 0,
+	.peer = 1,
+	.coherent = false,
+};
+
+FIXTURE_VARIANT_ADD(dmirror, coherent_mem) {
+	.unit = 2,
+	.peer = 3,
+	.coherent = true,
+};
+
+FIXTURE_SETUP(dmirror)
+{
+	self->psz = sysconf(_SC_PAGESIZE);
+	self->fd = dmirror_open(variant->unit);
+	if (self->fd < 0 && errno == ENOENT)
+		SKIP(return, "/dev/hmm_dmirror%d absent (%s)", variant->unit,
+		     variant->coherent ?
+		     "test_hmm loaded without spm_addr_dev0/1" :
+		     "test_hmm not loaded");
+	ASSERT_LE(0, self->fd);
+	self->peer_fd = dmirror_open(variant->peer);
+	if (self->peer_fd < 0 && errno == ENOENT)
+		SKIP(return, "/dev/hmm_dmirror%d absent", variant->peer);
+	ASSERT_LE(0, self->peer_fd);
+}
+
+#define GIGANTIC_NR "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"
+
+FIXTURE_TEARDOWN(dmirror)
+{
+	close(self->peer_fd);
+	close(self->fd);
+	/* A page still mapped becomes surplus and is freed at exit. */
+	if (self->gigantic_borrowed)
+		write_long_file(GIGANTIC_NR, 0);
+}
+
+/* What SNAPSHOT on the local device reports for a writable migrated page. */
+static unsigned char dev_local(bool coherent)
+{
+	return (coherent ? HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL :
+			      HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL) | DEV_RW;
+}
+
+/*
+ * What SNAPSHOT on one device reports for a writable page that lives on
+ * the other. Coherent memory is mapped by ordinary PTEs, so the peer sees
+ * it. A device-private page of another owner is a non-present entry that
+ * hmm_range_fault() does not report without faulting it, so the peer sees
+ * nothing there.
+ */
+static unsigned char dev_remote(bool coherent)
+{
+	return coherent ?
+		HMM_DMIRROR_PROT_DEV_COHERENT_REMOTE | DEV_RW :
+		HMM_DMIRROR_PROT_NONE;
+}
+
+/* ---------------------------------------------------------------------
+ * Opening the device and feeding it bad requests.
+ */
+
+/*
+ * A mirror lives as long as its file: reopening starts with an empty
+ * device page table (the first read has to fault) and data written through
+ * a closed mirror stays in process memory.
+ */
+TEST_F(dmirror, open_release_cycle)
+{
+	const unsigned long npages = 4;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	int round, fd;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	for (round = 1; round <= 4; round++) {
+		fd = dmirror_open(round & 1 ? variant->unit : variant->peer);
+		ASSERT_LE(0, fd);
+
+		pat_fill(dbuf, len, round, 0);
+		ASSERT_EQ(0, dmirror_req(fd, HMM_DMIRROR_WRITE, va, dbuf,
+					 npages, &cmd));
+		ASSERT_EQ(npages, cmd.cpages);
+		ASSERT_EQ(1, cmd.faults);
+
+		memset(dbuf, 0, len);
+		ASSERT_EQ(0, dmirror_req(fd, HMM_DMIRROR_READ, va, dbuf,
+					 npages, &cmd));
+		ASSERT_EQ(0, cmd.faults);
+		ASSERT_EQ(-1, pat_find_bad(dbuf, len, round, 0));
+		ASSERT_EQ(0, close(fd));
+
+		ASSERT_EQ(-1, pat_find_bad(va, len, round, 0));
+	}
+}
+
+TEST_F(dmirror, malformed_requests)
+{
+	const unsigned long npages = 2;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf, *hole;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 7, 0);
+
+	/* Unaligned address, empty range, range wrapping the address space. */
+	ASSERT_EQ(-EINVAL, dmirror_req(self->fd, HMM_DMIRROR_READ, va + 8,
+				       dbuf, 1, &cmd));
+	ASSERT_EQ(-EINVAL, dmirror_req(self->fd, HMM_DMIRROR_READ, va,
+				       dbuf, 0, &cmd));
+	ASSERT_EQ(-EINVAL, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va,
+				       dbuf, ~0UL / self->psz, &cmd));
+	ASSERT_EQ(-EINVAL, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT,
+				       va + 1, dbuf, 1, &cmd));
+
+	/*
+	 * A command number the device does not know: -ENOTTY, as
+	 * Documentation/driver-api/ioctl.rst asks (upstream 6.12's driver
+	 * answered -EINVAL).
+	 */
+	ASSERT_EQ(-ENOTTY, dmirror_req(self->fd,
+				       _IOWR('H', 0x7f, struct hmm_dmirror_cmd),
+				       va, dbuf, 1, &cmd));
+
+	/* The command block itself unreadable. */
+	ASSERT_EQ(-1, ioctl(self->fd, HMM_DMIRROR_READ, NULL));
+	ASSERT_EQ(EFAULT, errno);
+
+	/* Device-side buffer unwritable: the read must fail, not crash. */
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_READ, va, NULL,
+				       npages, &cmd));
+
+	/* Target range not mapped at all. */
+	hole = anon_map(len, PROT_NONE, true);
+	ASSERT_NE(NULL, hole);
+	ASSERT_EQ(0, munmap(hole, len));
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_READ, hole,
+				       dbuf, npages, &cmd));
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_WRITE, hole,
+				       dbuf, npages, &cmd));
+
+	/* None of that disturbed the mirror: a good request still works. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 7, 0));
+}
+
+/* ---------------------------------------------------------------------
+ * Device reads and writes of anonymous memory.
+ */
+
+/*
+ * The device page table tracks the CPU's: a repeated read needs no fault,
+ * a CPU store into an already-writable page is seen without one (same
+ * physical page), and dropping pages invalidates exactly what was dropped.
+ */
+TEST_F(dmirror, device_reads_cpu_data)
+{
+	const unsigned long npages = 64;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 11, 0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(1, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 11, 0));
+
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 11, 0));
+
+	pat_fill(va, len, 12, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 12, 0));
+
+	/* Drop the upper half: the device must see fresh zero pages there. */
+	ASSERT_EQ(0, madvise(va + len / 2, len / 2, MADV_DONTNEED));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(1, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len / 2, 12, 0));
+	ASSERT_EQ(-1, zero_find_bad(dbuf + len / 2, len / 2));
+}
+
+/*
+ * Reading never-touched memory maps the shared zero page for the device;
+ * the first CPU store replaces it and the device must follow.
+ */
+TEST_F(dmirror, device_reads_untouched_as_zero)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	unsigned char snap[16];
+	char *va, *dbuf;
+	unsigned long i;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	memset(dbuf, 0xa5, len);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(1, cmd.faults);
+	ASSERT_EQ(-1, zero_find_bad(dbuf, len));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(HMM_DMIRROR_PROT_ZERO | DEV_RO, snap[i]);
+
+	pat_fill(va, len, 13, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(1, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 13, 0));
+}
+
+/* Without PROT_READ the device may not read: EFAULT, nothing copied. */
+TEST_F(dmirror, device_read_needs_prot_read)
+{
+	const unsigned long npages = 8;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, false);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 14, 0);
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_NONE));
+	memset(dbuf, 0x5a, len);
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				       npages, &cmd));
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				       npages, &cmd));
+	ASSERT_EQ(0x5a5a5a5a5a5a5a5aULL, *(__u64 *)(dbuf + len - 8));
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 14, 0));
+}
+
+/* Device stores land in process memory; a repeat needs no fault. */
+TEST_F(dmirror, device_writes_reach_cpu)
+{
+	const unsigned long npages = 64;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	pat_fill(dbuf, len, 15, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(1, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 15, 0));
+
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 15, 0));
+
+	pat_fill(dbuf, len, 16, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 16, 0));
+}
+
+/*
+ * Without PROT_WRITE the device may not write: EPERM and memory intact,
+ * also when the device already has the pages mapped for reading.
+ */
+TEST_F(dmirror, device_write_needs_prot_write)
+{
+	const unsigned long npages = 8;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, false);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 17, 0);
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 17, 0));
+
+	pat_fill(dbuf, len, 18, 0);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				      npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 17, 0));
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ | PROT_WRITE));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 18, 0));
+}
+
+/*
+ * Two devices mirroring the same pages see each other's stores. A device
+ * read maps a page with the access the CPU has to it, so after the first
+ * write made the pages writable neither device needs another fault.
+ */
+TEST_F(dmirror, two_mirrors_share_pages)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	pat_fill(dbuf, len, 19, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(1, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 19, 0));
+
+	pat_fill(dbuf, len, 20, 0);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 20, 0));
+
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 20, 0));
+}
+
+/* ---------------------------------------------------------------------
+ * fork(): private copies stay private, shared mappings stay shared.
+ */
+
+struct fork_job {
+	int unit;
+	char *va;
+	size_t len;
+	unsigned long npages;
+	__u32 seen_seed;	/* what the child must find */
+	__u32 new_seed;	/* what the child writes through its device */
+};
+
+/* Child side: read, then write, the buffer through its own mirror. */
+static int fork_job_child(void *arg)
+{
+	struct fork_job *job = arg;
+	struct hmm_dmirror_cmd cmd;
+	char *dbuf;
+	int fd;
+
+	fd = dmirror_open(job->unit);
+	if (fd < 0)
+		return 10;
+	dbuf = malloc(job->len);
+	if (!dbuf)
+		return 11;
+	if (dmirror_req(fd, HMM_DMIRROR_READ, job->va, dbuf, job->npages,
+			&cmd) || cmd.cpages != job->npages)
+		return 12;
+	if (pat_find_bad(dbuf, job->len, job->seen_seed, 0) != -1)
+		return 13;
+	pat_fill(dbuf, job->len, job->new_seed, 0);
+	if (dmirror_req(fd, HMM_DMIRROR_WRITE, job->va, dbuf, job->npages,
+			&cmd) || cmd.cpages != job->npages)
+		return 14;
+	if (pat_find_bad(job->va, job->len, job->new_seed, 0) != -1)
+		return 15;
+	close(fd);
+	return 0;
+}
+
+TEST_F(dmirror, fork_private_stays_private)
+{
+	struct fork_job job = {
+		.unit = variant->unit, .npages = 128,
+		.seen_seed = 21, .new_seed = 22,
+	};
+	struct hmm_dmirror_cmd cmd;
+	char *dbuf;
+
+	job.len = job.npages * self->psz;
+	job.va = anon_map(job.len, PROT_READ | PROT_WRITE, false);
+	ASSERT_NE(NULL, job.va);
+	dbuf = malloc(job.len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(job.va, job.len, 21, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, job.va, dbuf,
+				 job.npages, &cmd));
+
+	ASSERT_EQ(0, in_child(fork_job_child, &job));
+
+	/* fork() write-protected our pages, so our mirror had to refault. */
+	ASSERT_EQ(-1, pat_find_bad(job.va, job.len, 21, 0));
+	memset(dbuf, 0, job.len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, job.va, dbuf,
+				 job.npages, &cmd));
+	ASSERT_EQ(job.npages, cmd.cpages);
+	ASSERT_EQ(1, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, job.len, 21, 0));
+}
+
+TEST_F(dmirror, fork_shared_stays_shared)
+{
+	struct fork_job job = {
+		.unit = variant->unit, .npages = 128,
+		.seen_seed = 23, .new_seed = 24,
+	};
+	struct hmm_dmirror_cmd cmd;
+	char *dbuf;
+
+	job.len = job.npages * self->psz;
+	job.va = mmap(NULL, job.len, PROT_READ | PROT_WRITE,
+		      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, job.va);
+	dbuf = malloc(job.len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(job.va, job.len, 23, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, job.va, dbuf,
+				 job.npages, &cmd));
+
+	ASSERT_EQ(0, in_child(fork_job_child, &job));
+
+	ASSERT_EQ(-1, pat_find_bad(job.va, job.len, 24, 0));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, job.va, dbuf,
+				 job.npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, job.len, 24, 0));
+}
+
+/* ---------------------------------------------------------------------
+ * Huge pages: THP and hugetlbfs, compound mappings seen as PMD/PUD.
+ */
+
+TEST_F(dmirror, thp_read_write)
+{
+	size_t len = 2 * pmd_size();
+	unsigned long npages = len / self->psz;
+	struct hmm_dmirror_cmd cmd;
+	unsigned char *snap;
+	char *va, *dbuf;
+	unsigned long i;
+
+	va = thp_map_filled(len, 31);
+	if (!va)
+		SKIP(return, "no transparent huge page available");
+	dbuf = malloc(len);
+	snap = malloc(npages);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_NE(NULL, snap);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(HMM_DMIRROR_PROT_PMD | DEV_RW, snap[i]);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(1, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 31, 0));
+
+	/* The read mapped the huge pages writable, as the CPU has them. */
+	pat_fill(dbuf, len, 32, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 32, 0));
+
+	/* Device access must not have split the huge mappings. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 npages, &cmd));
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(HMM_DMIRROR_PROT_PMD | DEV_RW, snap[i]);
+}
+
+/*
+ * Protection changes on a THP: a whole-PMD mprotect keeps the huge
+ * mapping, a partial one splits it; data and permissions follow both.
+ */
+TEST_F(dmirror, thp_protection_and_split)
+{
+	size_t len = pmd_size();
+	size_t half = len / 2;
+	unsigned long npages = len / self->psz;
+	struct hmm_dmirror_cmd cmd;
+	unsigned char *snap;
+	char *va, *dbuf;
+	unsigned long i;
+
+	va = thp_map_filled(len, 33);
+	if (!va)
+		SKIP(return, "no transparent huge page available");
+	dbuf = malloc(len);
+	snap = malloc(npages);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_NE(NULL, snap);
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 npages, &cmd));
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(HMM_DMIRROR_PROT_PMD | DEV_RO, snap[i]);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 33, 0));
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				      npages, &cmd));
+
+	/* Upper half writable again: the PMD has to be split. */
+	ASSERT_EQ(0, mprotect(va + half, half, PROT_READ | PROT_WRITE));
+	pat_fill(dbuf, half, 34, half);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va + half, dbuf,
+				 npages / 2, &cmd));
+	ASSERT_EQ(npages / 2, cmd.cpages);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				      npages / 2, &cmd));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 npages, &cmd));
+	for (i = 0; i < npages / 2; i++)
+		ASSERT_EQ(DEV_RO, snap[i]);
+	for (; i < npages; i++)
+		ASSERT_EQ(DEV_RW, snap[i]);
+
+	ASSERT_EQ(-1, pat_find_bad(va, half, 33, 0));
+	ASSERT_EQ(-1, pat_find_bad(va + half, half, 34, half));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, half, 33, 0));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + half, half, 34, half));
+}
+
+TEST_F(dmirror, hugetlb_read_write)
+{
+	long hsz_kb = meminfo_kb("Hugepagesize");
+	size_t hsz, len;
+	unsigned long npages, i;
+	struct hmm_dmirror_cmd cmd;
+	unsigned char *snap, level;
+	char *va, *dbuf;
+
+	if (hsz_kb <= 0)
+		SKIP(return, "kernel has no hugetlbfs");
+	hsz = (size_t)hsz_kb << 10;
+	len = 2 * hsz;
+	npages = len / self->psz;
+	va = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		  MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+	if (va == MAP_FAILED && meminfo_kb("HugePages_Free") < 2)
+		SKIP(return, "fewer than 2 free huge pages of %ld kB", hsz_kb);
+	ASSERT_NE(MAP_FAILED, va);
+	level = hsz >= SZ_1G ? HMM_DMIRROR_PROT_PUD : HMM_DMIRROR_PROT_PMD;
+	dbuf = malloc(len);
+	snap = malloc(npages);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_NE(NULL, snap);
+
+	pat_fill(va, len, 35, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(1, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 35, 0));
+
+	pat_fill(dbuf, len, 36, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 36, 0));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 npages, &cmd));
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(level | DEV_RW, snap[i]);
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 npages, &cmd));
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(level | DEV_RO, snap[i]);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				      npages, &cmd));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 36, 0));
+
+	/* hugetlb pages cannot move to device memory. */
+	ASSERT_EQ(-EINVAL, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				       va, dbuf, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 36, 0));
+	ASSERT_EQ(0, munmap(va, len));
+}
+
+/*
+ * A PUD-sized page is reported as such. Needs a 1 GiB hugetlb page; one is
+ * borrowed for the test when the pool can grow at run time.
+ */
+TEST_F_TIMEOUT(dmirror, hugetlb_pud_snapshot, 180)
+{
+	unsigned long npages = SZ_1G / self->psz;
+	long nr = read_long_file(GIGANTIC_NR);
+	struct hmm_dmirror_cmd cmd;
+	unsigned long i, probe;
+	unsigned char *snap;
+	char *va, *dbuf;
+
+	if (nr < 0)
+		SKIP(return, "no 1 GiB hugetlb page size on this machine");
+	if (nr == 0) {
+		self->gigantic_borrowed = true;
+		if (write_long_file(GIGANTIC_NR, 1) ||
+		    read_long_file(GIGANTIC_NR) != 1)
+			SKIP(return, "no 1 GiB hugetlb page could be allocated");
+	}
+	va = mmap(NULL, SZ_1G, PROT_READ | PROT_WRITE,
+		  MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (30 << MAP_HUGE_SHIFT),
+		  -1, 0);
+	if (va == MAP_FAILED)
+		SKIP(return, "1 GiB hugetlb page in use elsewhere");
+	snap = malloc(npages);
+	dbuf = malloc(self->psz);
+	ASSERT_NE(NULL, snap);
+	ASSERT_NE(NULL, dbuf);
+
+	/* One word per page is enough to tell pages apart. */
+	for (i = 0; i < npages; i++)
+		*(__u64 *)(va + i * self->psz) = pat_word(37, i);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(HMM_DMIRROR_PROT_PUD | DEV_RW, snap[i]);
+
+	/* A few pages read through the device, first, last and between. */
+	for (probe = 0; probe < npages; probe += npages / 7 + 1) {
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ,
+					 va + probe * self->psz, dbuf, 1,
+					 &cmd));
+		ASSERT_EQ(pat_word(37, probe), *(__u64 *)dbuf);
+	}
+	ASSERT_EQ(0, munmap(va, SZ_1G));
+}
+
+/* ---------------------------------------------------------------------
+ * File-backed memory.
+ */
+
+/*
+ * Shared file mapping: device stores are stores to the file. @fd holds
+ * pattern 41 on entry; the device must read it, and what the device
+ * writes must come back from read(2), i.e. from the page cache.
+ */
+static void shared_file_roundtrip(struct __test_metadata *_metadata,
+				  int dev, int fd, size_t len, size_t psz)
+{
+	unsigned long npages = len / psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ASSERT_NE(MAP_FAILED, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	ASSERT_EQ(0, dmirror_req(dev, HMM_DMIRROR_READ, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 41, 0));
+
+	pat_fill(dbuf, len, 42, 0);
+	ASSERT_EQ(0, dmirror_req(dev, HMM_DMIRROR_WRITE, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 42, 0));
+	ASSERT_EQ(-1, file_find_bad(fd, len, 42));
+
+	/* And the file is what a fresh mapping sees. */
+	ASSERT_EQ(0, munmap(va, len));
+	va = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+	ASSERT_NE(MAP_FAILED, va);
+	ASSERT_EQ(0, dmirror_req(dev, HMM_DMIRROR_READ, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 42, 0));
+	ASSERT_EQ(-EPERM, dmirror_req(dev, HMM_DMIRROR_WRITE, va, dbuf,
+				      npages, &cmd));
+	ASSERT_EQ(0, munmap(va, len));
+	free(dbuf);
+}
+
+TEST_F(dmirror, memfd_shared_read_write)
+{
+	size_t len = 64 * self->psz;
+	void *src;
+	int fd;
+
+	fd = memfd_create("hmm-tests", MFD_CLOEXEC);
+	ASSERT_LE(0, fd);
+	src = malloc(len);
+	ASSERT_NE(NULL, src);
+	pat_fill(src, len, 41, 0);
+	ASSERT_EQ((ssize_t)len, pwrite(fd, src, len, 0));
+	free(src);
+
+	shared_file_roundtrip(_metadata, self->fd, fd, len, self->psz);
+	close(fd);
+}
+
+TEST_F(dmirror, tmpfs_file_read_write)
+{
+	size_t len = 64 * self->psz;
+	int fd;
+
+	fd = tmpfile_with_pattern(len, 41);
+	ASSERT_LE(0, fd);
+	shared_file_roundtrip(_metadata, self->fd, fd, len, self->psz);
+	close(fd);
+}
+
+/*
+ * Private file mapping: device stores copy-on-write into anonymous pages,
+ * which (unlike page cache pages) can then migrate; the file is untouched.
+ */
+TEST_F(dmirror, file_private_cow)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	int fd;
+
+	fd = tmpfile_with_pattern(len, 43);
+	ASSERT_LE(0, fd);
+	va = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	ASSERT_NE(MAP_FAILED, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 43, 0));
+
+	pat_fill(dbuf, len, 44, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(1, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 44, 0));
+	ASSERT_EQ(-1, file_find_bad(fd, len, 43));
+
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 44, 0));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 44, 0));
+	ASSERT_EQ(-1, file_find_bad(fd, len, 43));
+	close(fd);
+}
+
+/*
+ * One request spanning three VMAs: a read-only private file mapping, an
+ * anonymous one and a shared memfd. Reads cross the boundaries; a write
+ * that covers the read-only part is refused before anything is written.
+ */
+TEST_F(dmirror, mixed_vmas)
+{
+	const unsigned long part = 8;
+	size_t plen = part * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	unsigned char snap[24];
+	char *va, *dbuf;
+	int ffd, mfd;
+	unsigned long i;
+
+	ffd = tmpfile_with_pattern(plen, 45);
+	ASSERT_LE(0, ffd);
+	mfd = memfd_create("hmm-tests-mixed", MFD_CLOEXEC);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(0, ftruncate(mfd, plen));
+
+	va = anon_map(3 * plen, PROT_NONE, true);
+	ASSERT_NE(NULL, va);
+	ASSERT_EQ(va, mmap(va, plen, PROT_READ, MAP_PRIVATE | MAP_FIXED,
+			   ffd, 0));
+	ASSERT_EQ(0, mprotect(va + plen, plen, PROT_READ | PROT_WRITE));
+	ASSERT_EQ(va + 2 * plen,
+		  mmap(va + 2 * plen, plen, PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_FIXED, mfd, 0));
+	pat_fill(va + plen, 2 * plen, 46, plen);
+
+	dbuf = malloc(3 * plen);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 3 * part, &cmd));
+	ASSERT_EQ(3 * part, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, plen, 45, 0));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + plen, 2 * plen, 46, plen));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 3 * part, &cmd));
+	for (i = 0; i < part; i++) {
+		ASSERT_EQ(DEV_RO, snap[i]);
+		ASSERT_EQ(DEV_RW, snap[part + i]);
+	}
+
+	pat_fill(dbuf, 3 * plen, 47, 0);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				      3 * part, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, plen, 45, 0));
+	ASSERT_EQ(-1, pat_find_bad(va + plen, 2 * plen, 46, plen));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va + plen,
+				 dbuf + plen, 2 * part, &cmd));
+	ASSERT_EQ(2 * part, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va + plen, 2 * plen, 47, plen));
+	ASSERT_EQ(-1, file_find_bad(ffd, plen, 45));
+	ASSERT_EQ((ssize_t)plen, pread(mfd, dbuf, plen, 0));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, plen, 47, 2 * plen));
+	close(mfd);
+	close(ffd);
+}
+
+/*
+ * The device node can itself be mapped: the driver inserts ordinary kernel
+ * pages (a VM_MIXEDMAP mapping) which the device then mirrors like any
+ * other page.
+ */
+TEST_F(dmirror, device_node_mapping)
+{
+	const unsigned long npages = 8;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	unsigned char snap[8];
+	char *ro, *rw, *dbuf;
+	unsigned long i;
+
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	ro = mmap(NULL, len, PROT_READ, MAP_PRIVATE, self->fd, 0);
+	ASSERT_NE(MAP_FAILED, ro);
+	ASSERT_EQ(-1, zero_find_bad(ro, len));
+	memset(dbuf, 0xff, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, ro, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, zero_find_bad(dbuf, len));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, ro, snap,
+				 npages, &cmd));
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(DEV_RO, snap[i]);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_WRITE, ro, dbuf,
+				      npages, &cmd));
+
+	rw = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, self->fd, 0);
+	ASSERT_NE(MAP_FAILED, rw);
+	pat_fill(rw, len, 48, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, rw, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 48, 0));
+	pat_fill(dbuf, len, 49, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, rw, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(rw, len, 49, 0));
+	ASSERT_EQ(0, munmap(rw, len));
+	ASSERT_EQ(0, munmap(ro, len));
+}
+
+/* ---------------------------------------------------------------------
+ * Migration to device memory and back.
+ */
+
+/*
+ * To the device and back. MIGRATE_TO_DEV hands back what the device now
+ * holds; while there the device reads its own copy without faulting.
+ */
+TEST_F(dmirror, migrate_round_trip)
+{
+	const unsigned long npages = 1024;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	unsigned char *snap;
+	char *va, *dbuf;
+	unsigned long i;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, false);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	snap = malloc(npages);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_NE(NULL, snap);
+	pat_fill(va, len, 51, 0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 51, 0));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 npages, &cmd));
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(dev_local(variant->coherent), snap[i]);
+
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 51, 0));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 npages, &cmd));
+	for (i = 0; i < npages; i++)	/* khugepaged may have collapsed it */
+		ASSERT_EQ(DEV_RW, snap[i] & ~HMM_DMIRROR_PROT_PMD);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 51, 0));
+}
+
+/* Expect snapshot entries [from, to) of @fd to be @want. */
+static void expect_snap(struct __test_metadata *_metadata, int fd, char *va,
+			unsigned long npages, unsigned long from,
+			unsigned long to, unsigned char want)
+{
+	unsigned char snap[64];
+	struct hmm_dmirror_cmd cmd;
+	unsigned long i;
+
+	ASSERT_GE(64, npages);
+	ASSERT_EQ(0, dmirror_req(fd, HMM_DMIRROR_SNAPSHOT, va, snap, npages,
+				 &cmd));
+	for (i = from; i < to; i++) {
+		if (snap[i] != want)
+			TH_LOG("page %lu of %p: 0x%x, expected 0x%x", i,
+			       (void *)va, snap[i], want);
+		ASSERT_EQ(want, snap[i]);
+	}
+}
+
+/*
+ * Parts of a range move independently; pages already where a request
+ * wants them are left alone and still counted as there.
+ */
+TEST_F(dmirror, migrate_sub_ranges)
+{
+	const unsigned long npages = 64;
+	size_t psz = self->psz, len = npages * psz;
+	unsigned char local = dev_local(variant->coherent);
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 52, 0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				 va + 8 * psz, dbuf, 16, &cmd));
+	ASSERT_EQ(16, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, 16 * psz, 52, 8 * psz));
+	expect_snap(_metadata, self->fd, va, npages, 0, 8, DEV_RW);
+	expect_snap(_metadata, self->fd, va, npages, 8, 24, local);
+	expect_snap(_metadata, self->fd, va, npages, 24, 64, DEV_RW);
+
+	/* Overlapping request: [16, 24) is already there. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				 va + 16 * psz, dbuf, 24, &cmd));
+	ASSERT_EQ(24, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, 24 * psz, 52, 16 * psz));
+	expect_snap(_metadata, self->fd, va, npages, 8, 40, local);
+
+	/* Back from the middle, then everything else. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS,
+				 va + 12 * psz, NULL, 8, &cmd));
+	ASSERT_EQ(8, cmd.cpages);
+	expect_snap(_metadata, self->fd, va, npages, 8, 12, local);
+	expect_snap(_metadata, self->fd, va, npages, 12, 20, DEV_RW);
+	expect_snap(_metadata, self->fd, va, npages, 20, 40, local);
+	ASSERT_EQ(-1, pat_find_bad(va + 12 * psz, 8 * psz, 52, 12 * psz));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(24, cmd.cpages);
+	expect_snap(_metadata, self->fd, va, npages, 0, 64, DEV_RW);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 52, 0));
+}
+
+/*
+ * Many round trips. Each time the device rewrites the data while it sits
+ * in device memory; the CPU checks it back in system memory and writes
+ * the next pattern. Private memory comes back alternately by explicit
+ * migration and by CPU faults.
+ */
+TEST_F(dmirror, migrate_many_times)
+{
+	const unsigned long npages = 128;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	__u32 seed;
+	int round;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	for (round = 0; round < 8; round++) {
+		seed = 100 + 2 * round;
+		pat_fill(va, len, seed, 0);
+
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+					 va, dbuf, npages, &cmd));
+		ASSERT_EQ(npages, cmd.cpages);
+		ASSERT_EQ(-1, pat_find_bad(dbuf, len, seed, 0));
+
+		pat_fill(dbuf, len, seed + 1, 0);
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+					 npages, &cmd));
+		ASSERT_EQ(npages, cmd.cpages);
+		ASSERT_EQ(0, cmd.faults);
+
+		if (variant->coherent || (round & 1)) {
+			ASSERT_EQ(0, dmirror_req(self->fd,
+						 HMM_DMIRROR_MIGRATE_TO_SYS,
+						 va, NULL, npages, &cmd));
+			ASSERT_EQ(npages, cmd.cpages);
+		}
+		ASSERT_EQ(-1, pat_find_bad(va, len, seed + 1, 0));
+		expect_snap(_metadata, self->fd, va, 64, 0, 64,
+			    DEV_RW);
+	}
+}
+
+/*
+ * CPU access to migrated pages. Device-private pages are not CPU
+ * addressable, so each touched page faults back to system memory on its
+ * own and the rest stay put. Coherent pages are used in place.
+ */
+TEST_F(dmirror, cpu_access_device_pages)
+{
+	const unsigned long npages = 32;
+	size_t psz = self->psz, len = npages * psz;
+	unsigned char local = dev_local(variant->coherent);
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	unsigned long i;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 53, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+
+	/* Read page 3, write page 7. */
+	ASSERT_EQ(-1, pat_find_bad(va + 3 * psz, psz, 53, 3 * psz));
+	pat_fill(va + 7 * psz, psz, 54, 7 * psz);
+
+	if (variant->coherent) {
+		expect_snap(_metadata, self->fd, va, npages, 0, npages,
+			    local);
+	} else {
+		expect_snap(_metadata, self->fd, va, npages, 0, 3, local);
+		expect_snap(_metadata, self->fd, va, npages, 3, 4,
+			    DEV_RW);
+		expect_snap(_metadata, self->fd, va, npages, 4, 7, local);
+		expect_snap(_metadata, self->fd, va, npages, 7, 8,
+			    DEV_RW);
+		expect_snap(_metadata, self->fd, va, npages, 8, npages,
+			    local);
+	}
+
+	/*
+	 * The device sees the CPU's store wherever each page now is. One
+	 * page per request: a request that faults must not span pages the
+	 * device still holds, since 6.12's test_hmm copies through the
+	 * device-private struct page it then gets back (not addressable).
+	 */
+	for (i = 0; i < npages; i++) {
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ,
+					 va + i * psz, dbuf, 1, &cmd));
+		ASSERT_EQ(1, cmd.cpages);
+		ASSERT_EQ(-1, pat_find_bad(dbuf, psz, i == 7 ? 54 : 53,
+					   i * psz));
+	}
+
+	/* Touch everything; then explicit migration finds what is left. */
+	ASSERT_EQ(-1, pat_find_bad(va, 7 * psz, 53, 0));
+	ASSERT_EQ(-1, pat_find_bad(va + 8 * psz, len - 8 * psz, 53, 8 * psz));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(variant->coherent ? npages : 0, cmd.cpages);
+	expect_snap(_metadata, self->fd, va, npages, 0, npages, DEV_RW);
+	ASSERT_EQ(-1, pat_find_bad(va + 7 * psz, psz, 54, 7 * psz));
+}
+
+/*
+ * Pages on one device are not taken by another: the second device's
+ * request fails with ENOENT and leaves them in place. Going through
+ * system memory moves them.
+ */
+TEST_F(dmirror, migrate_between_devices)
+{
+	const unsigned long npages = 16;
+	size_t psz = self->psz, len = npages * psz;
+	unsigned char local = dev_local(variant->coherent);
+	unsigned char remote = dev_remote(variant->coherent);
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 55, 0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	expect_snap(_metadata, self->fd, va, npages, 0, npages, local);
+	expect_snap(_metadata, self->peer_fd, va, npages, 0, npages,
+		    remote);
+
+	/*
+	 * From here on the first device's own mappings of these pages are
+	 * gone (the attempt invalidated them), so only migration requests
+	 * go to it until the pages are back in system memory.
+	 */
+	ASSERT_EQ(-ENOENT, dmirror_req(self->peer_fd,
+				       HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
+				       npages, &cmd));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages, local);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				 va, dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 55, 0));
+	expect_snap(_metadata, self->peer_fd, va, npages, 0, npages,
+		    local);
+	expect_snap(_metadata, self->fd, va, npages, 0, npages, remote);
+
+	pat_fill(dbuf, len, 56, 0);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, cmd.faults);
+
+	/* The device that lost the pages gets nothing back from them. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(0, cmd.cpages);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_MIGRATE_TO_SYS,
+				 va, NULL, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 56, 0));
+}
+
+/*
+ * Requests the migration code refuses: no read permission, a range with
+ * a hole, a range running off the end of its mapping. Nothing to bring
+ * back is not an error.
+ */
+TEST_F(dmirror, migrate_refused)
+{
+	const unsigned long npages = 5;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_NONE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(-EINVAL, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				       va, dbuf, npages, &cmd));
+	ASSERT_EQ(-EINVAL, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS,
+				       va, NULL, npages, &cmd));
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ | PROT_WRITE));
+	pat_fill(va, len, 57, 0);
+
+	/* Nothing is on the device yet. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(0, cmd.cpages);
+
+	/* Page 2 becomes a hole, page 4 is past the end. */
+	ASSERT_EQ(0, munmap(va + 2 * psz, psz));
+	ASSERT_EQ(0, munmap(va + 4 * psz, psz));
+	ASSERT_EQ(-EINVAL, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				       va + psz, dbuf, 2, &cmd));
+	ASSERT_EQ(-EINVAL, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				       va + 3 * psz, dbuf, 2, &cmd));
+
+	/* Whatever moved before the hole comes back intact. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, 2, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, 2 * psz, 57, 0));
+	ASSERT_EQ(-1, pat_find_bad(va + 3 * psz, psz, 57, 3 * psz));
+}
+
+/*
+ * Read-only and never-written pages migrate too, and stay read-only on
+ * the device: the device may read them, but a device write has to fail
+ * with EPERM exactly as for the same pages in system memory.
+ */
+TEST_F(dmirror, migrate_read_only_pages)
+{
+	const unsigned long npages = 8;
+	size_t psz = self->psz, len = npages * psz;
+	unsigned char ro_local = dev_local(variant->coherent) & ~DEV_RW;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	ro_local |= DEV_RO;
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len / 2, 58, 0);	/* upper half never written */
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+	ASSERT_EQ(-1, zero_find_bad(va + len / 2, len / 2));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len / 2, 58, 0));
+	ASSERT_EQ(-1, zero_find_bad(dbuf + len / 2, len / 2));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages,
+		    ro_local);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len / 2, 58, 0));
+
+	pat_fill(dbuf, len, 59, 0);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				      npages, &cmd));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va, len / 2, 58, 0));
+	ASSERT_EQ(-1, zero_find_bad(va + len / 2, len / 2));
+}
+
+/*
+ * Shared anonymous memory is shmem; whether it may move is up to the
+ * kernel (6.12 leaves it in place and reports ENOENT). Either way no data
+ * may be lost and the device must keep seeing it.
+ */
+TEST_F(dmirror, migrate_shared_anon)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	int ret;
+
+	va = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 60, 0);
+
+	ret = dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
+			  npages, &cmd);
+	if (ret == 0) {
+		ASSERT_EQ(npages, cmd.cpages);
+		ASSERT_EQ(-1, pat_find_bad(dbuf, len, 60, 0));
+	} else {
+		ASSERT_EQ(-ENOENT, ret);
+	}
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 60, 0));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 60, 0));
+}
+
+/*
+ * A THP region migrates whole (the kernel splits it on the way) and the
+ * device can update it in device memory.
+ */
+TEST_F(dmirror, thp_migrate_round_trip)
+{
+	size_t len = 2 * pmd_size();
+	unsigned long npages = len / self->psz;
+	struct hmm_dmirror_cmd cmd;
+	unsigned char *snap;
+	char *va, *dbuf;
+	unsigned long i;
+
+	va = thp_map_filled(len, 61);
+	if (!va)
+		SKIP(return, "no transparent huge page available");
+	dbuf = malloc(len);
+	snap = malloc(npages);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_NE(NULL, snap);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 61, 0));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 npages, &cmd));
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(dev_local(variant->coherent), snap[i]);
+
+	pat_fill(dbuf, len, 62, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 62, 0));
+}
+
+/*
+ * HMM_DMIRROR_RELEASE takes the device memory away: resident pages must
+ * be evicted to system memory with their data, and the device must be
+ * able to take pages again afterwards.
+ */
+TEST_F(dmirror, release_device_memory)
+{
+	const unsigned long npages = 64;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 63, 0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	pat_fill(dbuf, len, 64, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_RELEASE, va, NULL,
+				 npages, &cmd));
+	expect_snap(_metadata, self->fd, va, 64, 0, 64, DEV_RW);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 64, 0));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 64, 0));
+	expect_snap(_metadata, self->fd, va, 64, 0, 64,
+		    dev_local(variant->coherent));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 64, 0));
+}
+
+/* ---------------------------------------------------------------------
+ * Exclusive (atomic) access.
+ */
+
+/*
+ * EXCLUSIVE hands the device the current data; the grant holds until the
+ * CPU touches a page, which revokes it for that page only.
+ */
+TEST_F(dmirror, exclusive_grant_and_revoke)
+{
+	const unsigned long npages = 16;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 71, 0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 71, 0));
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_CHECK_EXCLUSIVE,
+				      va, NULL, npages, &cmd));
+
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 71, 0));
+
+	/* A CPU read of page 5 ends exclusivity there and nowhere else. */
+	ASSERT_EQ(-1, pat_find_bad(va + 5 * psz, psz, 71, 5 * psz));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_CHECK_EXCLUSIVE,
+				 va + 5 * psz, NULL, 1, &cmd));
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_CHECK_EXCLUSIVE,
+				      va, NULL, 5, &cmd));
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_CHECK_EXCLUSIVE,
+				      va + 6 * psz, NULL, npages - 6, &cmd));
+
+	pat_fill(va, len, 72, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_CHECK_EXCLUSIVE, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 72, 0));
+}
+
+/* mprotect() revokes the grant and the device loses write access. */
+TEST_F(dmirror, exclusive_revoked_by_mprotect)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 73, 0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 73, 0));
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_CHECK_EXCLUSIVE, va,
+				 NULL, npages, &cmd));
+	pat_fill(dbuf, len, 74, 0);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				      npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 73, 0));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 73, 0));
+}
+
+struct cow_job {
+	char *va;
+	size_t len;
+	__u32 seen_seed;
+	__u32 new_seed;
+};
+
+/* Child side of a COW check: see the old data, then diverge. */
+static int cow_job_child(void *arg)
+{
+	struct cow_job *job = arg;
+
+	if (pat_find_bad(job->va, job->len, job->seen_seed, 0) != -1)
+		return 20;
+	pat_fill(job->va, job->len, job->new_seed, 0);
+	if (pat_find_bad(job->va, job->len, job->new_seed, 0) != -1)
+		return 21;
+	return 0;
+}
+
+/* fork() of an exclusive range: both processes get their own copy. */
+TEST_F(dmirror, exclusive_then_fork)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	struct cow_job job = { .len = len, .seen_seed = 75, .new_seed = 76 };
+	struct hmm_dmirror_cmd cmd;
+	char *dbuf;
+
+	job.va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, job.va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(job.va, len, 75, 0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, job.va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, in_child(cow_job_child, &job));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_CHECK_EXCLUSIVE,
+				 job.va, NULL, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(job.va, len, 75, 0));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, job.va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 75, 0));
+
+	/* The range can be made exclusive again after the fork. */
+	pat_fill(job.va, len, 77, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, job.va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 77, 0));
+	ASSERT_EQ(-1, pat_find_bad(job.va, len, 77, 0));
+}
+
+/*
+ * Exclusive access to THP-backed memory. Device atomics must not depend
+ * on how the CPU happens to map the memory, so this has to succeed like
+ * for base pages.
+ */
+TEST_F(dmirror, exclusive_thp)
+{
+	size_t len = pmd_size();
+	unsigned long npages = len / self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = thp_map_filled(len, 78);
+	if (!va)
+		SKIP(return, "no transparent huge page available");
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 78, 0));
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_CHECK_EXCLUSIVE,
+				      va, NULL, npages, &cmd));
+	pat_fill(va, len, 79, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_CHECK_EXCLUSIVE, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 79, 0));
+}
+
+/* ---------------------------------------------------------------------
+ * fork() of memory that sits in device memory.
+ */
+
+/*
+ * Migrated pages are shared copy-on-write with a child like any other
+ * anonymous page: the child sees the data and its stores stay its own.
+ */
+TEST_F(dmirror, fork_cow_device_pages)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz;
+	struct cow_job job = { .len = len, .seen_seed = 81, .new_seed = 82 };
+	struct hmm_dmirror_cmd cmd;
+	char *dbuf;
+
+	job.va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, job.va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(job.va, len, 81, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				 job.va, dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+
+	ASSERT_EQ(0, in_child(cow_job_child, &job));
+	ASSERT_EQ(0, in_child(cow_job_child, &job));
+
+	/*
+	 * Bring everything home before the device looks again: fork()
+	 * dropped the device's own mappings of the shared pages.
+	 */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS,
+				 job.va, NULL, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(job.va, len, 81, 0));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, job.va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 81, 0));
+
+	/* Our own store after the children are gone is private too. */
+	pat_fill(job.va, len, 83, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, job.va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 83, 0));
+}
+
+/* ---------------------------------------------------------------------
+ * SNAPSHOT: every page state the ABI can report, from both devices.
+ */
+
+enum {
+	SNAP_PROTNONE,		/* PROT_NONE mapping */
+	SNAP_HOLE,		/* nothing mapped */
+	SNAP_UNTOUCHED,		/* mapped, never accessed */
+	SNAP_ZERO,		/* read-only, read: shared zero page */
+	SNAP_RO,		/* written, then made read-only */
+	SNAP_RW,		/* written */
+	SNAP_ON_DEV,		/* migrated to the device under test */
+	SNAP_ON_PEER,		/* migrated to the peer device */
+	SNAP_NPAGES
+};
+
+TEST_F(dmirror, snapshot_page_states)
+{
+	size_t psz = self->psz;
+	unsigned char want[SNAP_NPAGES], peer_want[SNAP_NPAGES];
+	unsigned char snap[SNAP_NPAGES], snap2[SNAP_NPAGES];
+	struct hmm_dmirror_cmd cmd;
+	unsigned char vec;
+	char *va, *dbuf;
+	int i;
+
+	va = anon_map(SNAP_NPAGES * psz, PROT_NONE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(psz);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, munmap(va + SNAP_HOLE * psz, psz));
+	ASSERT_EQ(0, mprotect(va + SNAP_UNTOUCHED * psz,
+			      (SNAP_NPAGES - SNAP_UNTOUCHED) * psz,
+			      PROT_READ | PROT_WRITE));
+	ASSERT_EQ(0, mprotect(va + SNAP_ZERO * psz, psz, PROT_READ));
+	ASSERT_EQ(-1, zero_find_bad(va + SNAP_ZERO * psz, psz));
+	pat_fill(va + SNAP_RO * psz, psz, 91, SNAP_RO * psz);
+	ASSERT_EQ(0, mprotect(va + SNAP_RO * psz, psz, PROT_READ));
+	pat_fill(va + SNAP_RW * psz, 3 * psz, 91, SNAP_RW * psz);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				 va + SNAP_ON_DEV * psz, dbuf, 1, &cmd));
+	ASSERT_EQ(1, cmd.cpages);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				 va + SNAP_ON_PEER * psz, dbuf, 1, &cmd));
+	ASSERT_EQ(1, cmd.cpages);
+
+	want[SNAP_PROTNONE] = HMM_DMIRROR_PROT_ERROR;
+	want[SNAP_HOLE] = HMM_DMIRROR_PROT_ERROR;
+	want[SNAP_UNTOUCHED] = HMM_DMIRROR_PROT_NONE;
+	want[SNAP_ZERO] = HMM_DMIRROR_PROT_ZERO | DEV_RO;
+	want[SNAP_RO] = DEV_RO;
+	want[SNAP_RW] = DEV_RW;
+	memcpy(peer_want, want, sizeof(want));
+	want[SNAP_ON_DEV] = dev_local(variant->coherent);
+	want[SNAP_ON_PEER] = dev_remote(variant->coherent);
+	peer_want[SNAP_ON_DEV] = dev_remote(variant->coherent);
+	peer_want[SNAP_ON_PEER] = dev_local(variant->coherent);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 SNAP_NPAGES, &cmd));
+	ASSERT_EQ(SNAP_NPAGES, cmd.cpages);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_SNAPSHOT, va,
+				 snap2, SNAP_NPAGES, &cmd));
+	ASSERT_EQ(SNAP_NPAGES, cmd.cpages);
+	for (i = 0; i < SNAP_NPAGES; i++) {
+		if (snap[i] != want[i] || snap2[i] != peer_want[i])
+			TH_LOG("page %d: 0x%02x/0x%02x, expected 0x%02x/0x%02x",
+			       i, snap[i], snap2[i], want[i], peer_want[i]);
+		EXPECT_EQ(want[i], snap[i]);
+		EXPECT_EQ(peer_want[i], snap2[i]);
+	}
+
+	/* A snapshot observes: it faults nothing in. */
+	ASSERT_EQ(0, mincore(va + SNAP_UNTOUCHED * psz, psz, &vec));
+	ASSERT_EQ(0, vec & 1);
+
+	/* And the migrated data is still what the CPU wrote. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS,
+				 va + SNAP_ON_DEV * psz, NULL, 1, &cmd));
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_MIGRATE_TO_SYS,
+				 va + SNAP_ON_PEER * psz, NULL, 1, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va + SNAP_RO * psz, 4 * psz, 91,
+				   SNAP_RO * psz));
+}
+
+/* ---------------------------------------------------------------------
+ * Teardown while the device holds mappings.
+ */
+
+/*
+ * munmap() of a mirrored range, with part of it in device memory: the
+ * device must lose access, and new memory mapped at the same address must
+ * be what it sees next, never the freed pages.
+ */
+TEST_F(dmirror, munmap_drops_mirror)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf, *again;
+	int round;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	for (round = 0; round < 8; round++) {
+		pat_fill(va, len, 200 + round, 0);
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+					 npages, &cmd));
+		ASSERT_EQ(1, cmd.faults);
+		ASSERT_EQ(-1, pat_find_bad(dbuf, len, 200 + round, 0));
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+					 va + len / 2, dbuf, npages / 2,
+					 &cmd));
+		ASSERT_EQ(npages / 2, cmd.cpages);
+
+		ASSERT_EQ(0, munmap(va, len));
+		ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_READ, va,
+					       dbuf, npages, &cmd));
+
+		again = mmap(va, len, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		ASSERT_EQ(va, again);
+		ASSERT_EQ(0, madvise(va, len, MADV_NOHUGEPAGE));
+		memset(dbuf, 0xff, len);
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+					 npages, &cmd));
+		ASSERT_EQ(npages, cmd.cpages);
+		ASSERT_EQ(-1, zero_find_bad(dbuf, len));
+	}
+}
+
+struct unmap_race {
+	char *va;
+	size_t len;
+	int go;
+	int ret;
+};
+
+static void *unmap_race_thread(void *arg)
+{
+	struct unmap_race *r = arg;
+
+	while (!__atomic_load_n(&r->go, __ATOMIC_ACQUIRE))
+		;
+	r->ret = munmap(r->va, r->len);
+	return NULL;
+}
+
+/*
+ * munmap() from another thread while the device reads the range: each
+ * read either completes with the right data or fails with EFAULT.
+ */
+TEST_F(dmirror, munmap_races_device)
+{
+	const unsigned long npages = 64;
+	size_t len = npages * self->psz;
+	struct unmap_race race = { .len = len };
+	struct hmm_dmirror_cmd cmd;
+	pthread_t thread;
+	int round, ret, reads;
+	char *dbuf;
+
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	for (round = 0; round < 8; round++) {
+		race.va = anon_map(len, PROT_READ | PROT_WRITE, false);
+		ASSERT_NE(NULL, race.va);
+		pat_fill(race.va, len, 300 + round, 0);
+		if (round & 1)
+			ASSERT_EQ(0, dmirror_req(self->fd,
+						 HMM_DMIRROR_MIGRATE_TO_DEV,
+						 race.va, dbuf, npages, &cmd));
+		__atomic_store_n(&race.go, 0, __ATOMIC_RELEASE);
+		ASSERT_EQ(0, pthread_create(&thread, NULL, unmap_race_thread,
+					    &race));
+		__atomic_store_n(&race.go, 1, __ATOMIC_RELEASE);
+		for (reads = 0; reads < 200; reads++) {
+			ret = dmirror_req(self->fd, HMM_DMIRROR_READ, race.va,
+					  dbuf, npages, &cmd);
+			if (ret)
+				break;
+			ASSERT_EQ(-1, pat_find_bad(dbuf, len, 300 + round, 0));
+		}
+		ASSERT_EQ(0, pthread_join(thread, NULL));
+		ASSERT_EQ(0, race.ret);
+		if (ret)
+			ASSERT_EQ(-EFAULT, ret);
+		ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_READ,
+					       race.va, dbuf, npages, &cmd));
+	}
+}
+
+/*
+ * Closing a mirror while its device holds pages gives the memory back:
+ * the pages return to system memory with their data.
+ */
+TEST_F(dmirror, close_with_device_pages)
+{
+	const unsigned long npages = 64;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	int fd;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 93, 0);
+
+	fd = dmirror_open(variant->unit);
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, dmirror_req(fd, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	pat_fill(dbuf, len, 94, 0);
+	ASSERT_EQ(0, dmirror_req(fd, HMM_DMIRROR_WRITE, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(0, close(fd));
+
+	expect_snap(_metadata, self->fd, va, 64, 0, 64, DEV_RW);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 94, 0));
+}
+
+struct exit_job {
+	int unit;
+	unsigned long npages;
+	size_t psz;
+};
+
+/* Child: put data in device memory, check it, and exit without cleanup. */
+static int exit_job_child(void *arg)
+{
+	struct exit_job *job = arg;
+	size_t len = job->npages * job->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	int fd;
+
+	fd = dmirror_open(job->unit);
+	if (fd < 0)
+		return 30;
+	va = anon_map(len, PROT_READ | PROT_WRITE, false);
+	dbuf = malloc(len);
+	if (!va || !dbuf)
+		return 31;
+	pat_fill(va, len, 95, 0);
+	if (dmirror_req(fd, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf, job->npages,
+			&cmd) || cmd.cpages != job->npages)
+		return 32;
+	if (pat_find_bad(dbuf, len, 95, 0) != -1)
+		return 33;
+	return 0;
+}
+
+/*
+ * Processes that exit with pages in device memory: the device copes and
+ * its memory is reusable afterwards.
+ */
+TEST_F(dmirror, exit_with_device_pages)
+{
+	struct exit_job job = {
+		.unit = variant->unit, .npages = 512, .psz = self->psz,
+	};
+	size_t len = job.npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	int i;
+
+	for (i = 0; i < 2; i++)
+		ASSERT_EQ(0, in_child(exit_job_child, &job));
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, false);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 96, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, job.npages, &cmd));
+	ASSERT_EQ(job.npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 96, 0));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, job.npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 96, 0));
+}
+
+/* ---------------------------------------------------------------------
+ * Large buffer: migration at a scale that needs several chunks of device
+ * memory and many batches of the driver's fixed-size loops.
+ */
+
+FIXTURE(dmirror_big) {
+	int fd;
+	size_t psz;
+};
+
+FIXTURE_VARIANT(dmirror_big) {
+	int unit;
+	bool coherent;
+	size_t len;	/* buffer size aimed for */
+};
+
+/* Needs several chunks of device memory at once. */
+FIXTURE_VARIANT_ADD(dmirror_big, private_mem) {
+	.unit = 0,
+	.coherent = false,
+	.len = SZ_1G,
+};
+
+/* test_hmm gives each coherent device 256 MiB; stay well inside it. */
+FIXTURE_VARIANT_ADD(dmirror_big, coherent_mem) {
+	.unit = 2,
+	.coherent = true,
+	.len = 192 * SZ_1M,
+};
+
+FIXTURE_SETUP(dmirror_big)
+{
+	self->psz = sysconf(_SC_PAGESIZE);
+	self->fd = dmirror_open(variant->unit);
+	if (self->fd < 0 && errno == ENOENT)
+		SKIP(return, "/dev/hmm_dmirror%d absent", variant->unit);
+	ASSERT_LE(0, self->fd);
+}
+
+FIXTURE_TEARDOWN(dmirror_big)
+{
+	close(self->fd);
+}
+
+#define BIG_WINDOW	(64 * SZ_1M)	/* one request, one device buffer */
+#define BIG_SPARE	(384 * SZ_1M)	/* left for the kernel and the rest */
+
+/*
+ * The whole buffer moves into device memory, 64 MiB per request, each
+ * window checked on arrival and its first page rewritten there by the
+ * device. The first window comes back through CPU faults (device-private
+ * memory) or in-place CPU access (coherent), the rest by explicit
+ * migration. The buffer shrinks if the machine cannot spare it; the size
+ * used is logged. The timeout is generous because it counts guest time,
+ * which under TCG on a busy host can run several times faster than the
+ * wall clock; the harness's own QEMU timeout catches a real hang.
+ */
+TEST_F_TIMEOUT(dmirror_big, whole_buffer_migration, 900)
+{
+	long avail_kb = meminfo_kb("MemAvailable");
+	size_t len = variant->len, off, win_pages;
+	struct hmm_dmirror_cmd cmd;
+	unsigned long npages;
+	char *va, *dbuf;
+
+	ASSERT_LT(0, avail_kb);
+	if ((size_t)avail_kb << 10 < len + BIG_SPARE) {
+		len = (((size_t)avail_kb << 10) - BIG_SPARE) &
+		      ~(BIG_WINDOW - 1);
+		ASSERT_LE(BIG_WINDOW, len);
+	}
+	TH_LOG("buffer %zu MiB (%ld MiB available)", len >> 20,
+	       avail_kb >> 10);
+	npages = len / self->psz;
+	win_pages = BIG_WINDOW / self->psz;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, false);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(BIG_WINDOW);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 401, 0);
+
+	for (off = 0; off < len; off += BIG_WINDOW) {
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+					 va + off, dbuf, win_pages, &cmd));
+		ASSERT_EQ(win_pages, cmd.cpages);
+		ASSERT_EQ(-1, pat_find_bad(dbuf, BIG_WINDOW, 401, off));
+
+		pat_fill(dbuf, self->psz, 402, off);
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va + off,
+					 dbuf, 1, &cmd));
+		ASSERT_EQ(0, cmd.faults);
+	}
+
+	ASSERT_EQ(-1, pat_find_bad(va, self->psz, 402, 0));
+	ASSERT_EQ(-1, pat_find_bad(va + self->psz, BIG_WINDOW - self->psz,
+				   401, self->psz));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(npages - (variant->coherent ? 0 : win_pages), cmd.cpages);
+
+	for (off = 0; off < len; off += BIG_WINDOW) {
+		ASSERT_EQ(-1, pat_find_bad(va + off, self->psz, 402, off));
+		ASSERT_EQ(-1, pat_find_bad(va + off + self->psz,
+					   BIG_WINDOW - self->psz, 401,
+					   off + self->psz));
+	}
+	ASSERT_EQ(0, munmap(va, len));
+}
+
+TEST_HARNESS_MAIN
