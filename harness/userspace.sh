@@ -1,0 +1,33 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# Build the guest's programs statically against the patched tree's headers
+# and pack them with busybox and harness/guest/init into $OUT/initrd.gz.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+ROOT=$OUT/initramfs
+CFLAGS="-static -O2 -g -Wall -pthread -D_GNU_SOURCE -I$LINUX -I$LINUX/tools/testing/selftests -isystem $BUILD/usr/include"
+
+# cc_prog NAME SOURCE: compile one guest program, warnings are errors.
+cc_prog() {
+	local name=$1 src=$2
+
+	[ -f "$src" ] || die "guest program source missing: $src"
+	# shellcheck disable=SC2086
+	run_logged "$LOGS/cc-$name.log" "compiling $name" \
+		gcc $CFLAGS -Werror -o "$ROOT/opt/hmm/$name" "$src" -lm
+}
+
+step "building guest programs and the initramfs"
+rm -rf "$ROOT"
+mkdir -p "$ROOT"/{bin,dev,proc,sys,tmp,opt/hmm}
+cp /bin/busybox "$ROOT/bin/busybox"
+ln -s busybox "$ROOT/bin/sh"
+file -b /bin/busybox 2>/dev/null | grep -q static ||
+	ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' ||
+	die "/bin/busybox is not static: install busybox-static"
+cp "$HARNESS/guest/init" "$ROOT/init"
+cc_prog hmm-tests "$LINUX/tools/testing/selftests/mm/hmm-tests.c"
+cc_prog hmm-demo "$HARNESS/demo/hmm-demo.c"
+(cd "$ROOT" && find . | cpio -o -H newc --quiet | gzip -1) >"$OUT/initrd.gz"
+info "$(du -h "$OUT/initrd.gz" | cut -f1) initramfs: $(ls "$ROOT/opt/hmm" | xargs)"
