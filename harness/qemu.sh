@@ -9,7 +9,8 @@
 #
 # 512 MiB at 2 GiB are reserved with memmap= and handed to the dummy
 # driver as its two device-coherent ranges; one 1 GiB hugetlb page is
-# reserved at boot (a PUD mapping for the snapshot test), hence 4 GiB.
+# reserved at boot (a PUD mapping for the snapshot test): with 5 GiB,
+# 2 GiB sit above 4 GiB and one aligned GiB of them stays free for it.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -25,7 +26,7 @@ append="$append test_hmm.spm_addr_dev0=0x80000000 test_hmm.spm_addr_dev1=0x90000
 append="$append transparent_hugepage=madvise hugepagesz=1G hugepages=1 ${HMM_APPEND:-}"
 
 qemu=(qemu-system-x86_64 -machine pc -accel tcg,thread=multi -cpu max
-	-smp 2 -m 4G -kernel "$kernel" -initrd "$OUT/initrd.gz"
+	-smp 2 -m 5G -kernel "$kernel" -initrd "$OUT/initrd.gz"
 	-append "$append" -display none -no-reboot)
 
 # Count TAP results in the test stream while the guest runs, so a long
