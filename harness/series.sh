@@ -8,9 +8,11 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
+# Debian's python3 first: it has the ply and git modules spdxcheck.py
+# imports, which another python3 earlier in PATH may lack.
 checkpatch() {
-	(cd "$LINUX" && perl scripts/checkpatch.pl --strict --terse --showfile \
-		--no-summary "$@") || true
+	(cd "$LINUX" && PATH=/usr/bin:$PATH perl scripts/checkpatch.pl --strict \
+		--terse --showfile --no-summary "$@") || true
 }
 
 report() {
@@ -32,7 +34,11 @@ series)
 	git -C "$LINUX" format-patch -q --cover-letter -o "$OUT/series" base..HEAD
 	ls "$OUT/series" | sed 's/^/    /'
 	step "checkpatch --strict on the series"
-	checkpatch $(ls "$OUT"/series/*.patch | grep -v 0000-cover-letter) >"$LOGS/checkpatch.log"
+	# FILE_PATH_CHANGES asks whether MAINTAINERS needs updating for each
+	# new file: ours all fall under existing entries (HMM's mm/hmm*,
+	# lib/test_hmm*, ... and MEMORY MANAGEMENT's mm/).
+	checkpatch --ignore FILE_PATH_CHANGES \
+		$(ls "$OUT"/series/*.patch | grep -v 0000-cover-letter) >"$LOGS/checkpatch.log"
 	report "$LOGS/checkpatch.log"
 	;;
 checkpatch)
