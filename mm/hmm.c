@@ -530,13 +530,44 @@ static unsigned long hmm_huge_pmd_flags(struct vm_area_struct *vma,
 	       hmm_order_flags(PMD_SHIFT - PAGE_SHIFT);
 }
 
+/*
+ * Report [addr, end) of a huge leaf (PMD or PUD) whose page at @addr is
+ * @pfn, entered as @flags, or fault the first page the request is not
+ * satisfied with and have the walker look at the entry again: one fault
+ * fixes (or splits) the whole huge mapping, and a migration entry is
+ * waited for inside handle_mm_fault().
+ */
+static int hmm_walk_huge_leaf(struct mm_walk *walk, unsigned long addr,
+			      unsigned long end, unsigned long pfn,
+			      unsigned long flags)
+{
+	struct hmm_walk *hw = walk->private;
+	unsigned long first;
+	int ret;
+
+	first = hmm_first_unsatisfied(hw, addr, end, flags);
+	if (first == end) {
+		if (flags & HMM_PFN_VALID)
+			hmm_fill_pfns(hw, addr, end, pfn, flags);
+		else
+			hmm_fill(hw, addr, end, 0);
+		hw->resume = end;
+		return 0;
+	}
+
+	ret = hmm_fault_pages(hw, walk->vma, first, first + PAGE_SIZE, flags);
+	if (ret)
+		return ret;
+	hw->resume = first;
+	walk->action = ACTION_AGAIN;
+	return 0;
+}
+
 /* A PMD that is neither a table nor empty: huge page or swap-like entry. */
 static int hmm_walk_pmd_leaf(struct mm_walk *walk, pmd_t pmd,
 			     unsigned long addr, unsigned long end)
 {
-	struct hmm_walk *hw = walk->private;
-	unsigned long flags = 0, first;
-	int ret;
+	unsigned long flags = 0, pfn = 0;
 
 	if (pmd_present(pmd))
 		flags = hmm_huge_pmd_flags(walk->vma, addr, pmd);
@@ -544,30 +575,10 @@ static int hmm_walk_pmd_leaf(struct mm_walk *walk, pmd_t pmd,
 		flags = HMM_PFN_ERROR;
 
 	if (flags & HMM_PFN_ERROR)
-		return hmm_report_unusable(hw, addr, end);
-
-	first = hmm_first_unsatisfied(hw, addr, end, flags);
-	if (first == end) {
-		if (flags & HMM_PFN_VALID)
-			hmm_fill_pfns(hw, addr, end, pmd_pfn(pmd) +
-				      ((addr & ~PMD_MASK) >> PAGE_SHIFT),
-				      flags);
-		else
-			hmm_fill(hw, addr, end, 0);
-		hw->resume = end;
-		return 0;
-	}
-
-	/*
-	 * One fault fixes (or splits) the whole huge mapping, and a migration
-	 * entry is waited for inside handle_mm_fault(); look again after it.
-	 */
-	ret = hmm_fault_pages(hw, walk->vma, first, first + PAGE_SIZE, flags);
-	if (ret)
-		return ret;
-	hw->resume = first;
-	walk->action = ACTION_AGAIN;
-	return 0;
+		return hmm_report_unusable(walk->private, addr, end);
+	if (flags & HMM_PFN_VALID)
+		pfn = pmd_pfn(pmd) + ((addr & ~PMD_MASK) >> PAGE_SHIFT);
+	return hmm_walk_huge_leaf(walk, addr, end, pfn, flags);
 }
 
 static int hmm_walk_pmd(pmd_t *pmdp, unsigned long addr, unsigned long end,
@@ -607,9 +618,8 @@ static int hmm_walk_pud(pud_t *pudp, unsigned long addr, unsigned long end,
 			struct mm_walk *walk)
 {
 	struct hmm_walk *hw = walk->private;
-	unsigned long flags, first;
 	pud_t pud = pudp_get(pudp);
-	int ret;
+	unsigned long flags;
 
 	if (!pud_present(pud) || !pud_leaf(pud))
 		return 0;
@@ -623,20 +633,8 @@ static int hmm_walk_pud(pud_t *pudp, unsigned long addr, unsigned long end,
 
 	flags = HMM_PFN_VALID | (pud_write(pud) ? HMM_PFN_WRITE : 0) |
 		hmm_order_flags(PUD_SHIFT - PAGE_SHIFT);
-	first = hmm_first_unsatisfied(hw, addr, end, flags);
-	if (first == end) {
-		hmm_fill_pfns(hw, addr, end, pud_pfn(pud) +
-			      ((addr & ~PUD_MASK) >> PAGE_SHIFT), flags);
-		hw->resume = end;
-		return 0;
-	}
-
-	ret = hmm_fault_pages(hw, walk->vma, first, first + PAGE_SIZE, flags);
-	if (ret)
-		return ret;
-	hw->resume = first;
-	walk->action = ACTION_AGAIN;
-	return 0;
+	return hmm_walk_huge_leaf(walk, addr, end, pud_pfn(pud) +
+				  ((addr & ~PUD_MASK) >> PAGE_SHIFT), flags);
 }
 #else
 #define hmm_walk_pud	NULL
