@@ -9,14 +9,14 @@ ROOT=$OUT/initramfs
 # The normal kernel's headers serve both kernels: they share one tree.
 CFLAGS="-static -O2 -g -Wall -pthread -D_GNU_SOURCE -I$LINUX -I$LINUX/tools/testing/selftests -isystem $OUT/build/usr/include"
 
-# cc_prog NAME SOURCE: compile one guest program, warnings are errors.
+# cc_prog NAME SOURCE [FLAGS]: compile one guest program.
 cc_prog() {
-	local name=$1 src=$2
+	local name=$1 src=$2 flags=${3:-}
 
 	[ -f "$src" ] || die "guest program source missing: $src"
 	# shellcheck disable=SC2086
 	run_logged "$LOGS/cc-$name.log" "compiling $name" \
-		gcc $CFLAGS -Werror -o "$ROOT/opt/hmm/$name" "$src" -lm
+		gcc $CFLAGS $flags -o "$ROOT/opt/hmm/$name" "$src" -lm
 }
 
 step "building guest programs and the initramfs"
@@ -28,7 +28,11 @@ file -b /bin/busybox 2>/dev/null | grep -q static ||
 	ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' ||
 	die "/bin/busybox is not static: install busybox-static"
 cp "$HARNESS/guest/init" "$ROOT/init"
-cc_prog hmm-tests "$LINUX/tools/testing/selftests/mm/hmm-tests.c"
-cc_prog hmm-demo "$HARNESS/demo/hmm-demo.c"
+cc_prog hmm-tests "$LINUX/tools/testing/selftests/mm/hmm-tests.c" -Werror
+cc_prog hmm-demo "$HARNESS/demo/hmm-demo.c" -Werror
+# Upstream 6.12's own selftest, from the pristine base commit, built
+# against our uapi header: existing userspace must keep working.
+git -C "$LINUX" show base:tools/testing/selftests/mm/hmm-tests.c >"$OUT/hmm-tests-6.12.c"
+cc_prog hmm-tests-6.12 "$OUT/hmm-tests-6.12.c" -I"$LINUX/tools/testing/selftests/mm"
 (cd "$ROOT" && find . | cpio -o -H newc --quiet | gzip -1) >"$OUT/initrd.gz"
 info "$(du -h "$OUT/initrd.gz" | cut -f1) initramfs: $(ls "$ROOT/opt/hmm" | xargs)"
