@@ -69,6 +69,8 @@ demo)
 		tail -n 30 "$console" >&2
 		die "the guest did not finish the demo (console tail above)"
 	}
+	python3 "$HARNESS/report.py" --splats "$console" ||
+		die "the kernel reported a problem during the demo (above)"
 	;;
 shell)
 	step "booting the guest with a shell (Ctrl-A X quits QEMU)"

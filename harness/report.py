@@ -126,12 +126,19 @@ def report_run(kunit_parser, name, console_path, tap_path, kunit, tally):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument('--kunit-parser', required=True,
+    ap.add_argument('--kunit-parser',
                     help='tools/testing/kunit of the tree under test')
-    ap.add_argument('--run', nargs=4, action='append', required=True,
+    ap.add_argument('--run', nargs=4, action='append', default=[],
                     metavar=('NAME', 'CONSOLE', 'TAP', 'KUNIT'),
                     help='one guest run; KUNIT is 1 if KUnit suites ran')
+    ap.add_argument('--splats', metavar='CONSOLE',
+                    help='only check one console for kernel splats')
     args = ap.parse_args()
+
+    if args.splats:
+        tally = Tally()
+        check_splats('demo', read_lines(args.splats), tally)
+        return 1 if tally.failed else 0
 
     sys.path.insert(0, args.kunit_parser)
     import kunit_parser  # pylint: disable=import-outside-toplevel
