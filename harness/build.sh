@@ -10,31 +10,16 @@ set -euo pipefail
 FRAGMENTS=$(ls "$HARNESS"/configs/*.config)
 [ "$FLAVOR" = normal ] || FRAGMENTS="$FRAGMENTS $(ls "$HARNESS"/configs/"$FLAVOR"/*.config)"
 
-kmake() { make -C "$LINUX" O="$BUILD" CC="ccache gcc" HOSTCC="ccache gcc" "$@"; }
+kmake() { kmake_in "$BUILD" "$@"; }
 
 config_id() {
 	cat $FRAGMENTS | sha256sum | cut -d' ' -f1
 }
 
-check_config() {
-	local line sym bad=""
-
-	while read -r line; do
-		sym=${line%%=*}
-		grep -qxF "$line" "$BUILD/.config" ||
-			bad="$bad $line(got: $(grep -E "^$sym=|^# $sym is not set" "$BUILD/.config" || echo absent))"
-	done < <(grep -hE '^CONFIG_[A-Z0-9_]+=' $FRAGMENTS)
-	[ -z "$bad" ] || die "kernel config did not take:$bad"
-}
-
 configure() {
 	step "configuring the $FLAVOR kernel (tinyconfig + $(echo $FRAGMENTS | xargs -n1 basename | xargs))"
-	mkdir -p "$BUILD"
-	run_logged "$LOGS/config.log" "tinyconfig" kmake tinyconfig
-	run_logged "$LOGS/config-merge.log" "merge_config.sh" \
-		"$LINUX/scripts/kconfig/merge_config.sh" -m -O "$BUILD" "$BUILD/.config" $FRAGMENTS
-	run_logged "$LOGS/config-olddef.log" "olddefconfig" kmake olddefconfig
-	check_config
+	# shellcheck disable=SC2086
+	kconfig_make "$BUILD" config $FRAGMENTS
 	config_id >"$BUILD/.hmm-config"
 }
 
@@ -42,8 +27,8 @@ if [ ! -f "$BUILD/.config" ] || [ "$(cat "$BUILD/.hmm-config" 2>/dev/null)" != "
 	configure
 else
 	# The tree may have new Kconfig symbols: sync quietly, then recheck.
-	run_logged "$LOGS/config-olddef.log" "olddefconfig" kmake olddefconfig
-	check_config
+	# shellcheck disable=SC2086
+	kconfig_sync "$BUILD" config $FRAGMENTS
 fi
 
 step "building the $FLAVOR kernel (-j$JOBS, ccache; log in $LOGS/kernel.log)"

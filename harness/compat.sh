@@ -33,20 +33,10 @@ kfd_compile() {
 	(cd "$CBUILD" && eval "$cmd")
 }
 
-kmake() { make -C "$LINUX" O="$CBUILD" CC="ccache gcc" HOSTCC="ccache gcc" "$@"; }
+kmake() { kmake_in "$CBUILD" "$@"; }
 
 step "configuring the compat kernel in $CBUILD"
-mkdir -p "$CBUILD"
-run_logged "$LOGS/compat-config.log" "tinyconfig" kmake tinyconfig
-run_logged "$LOGS/compat-merge.log" "merge_config.sh" \
-	"$LINUX/scripts/kconfig/merge_config.sh" -m -O "$CBUILD" "$CBUILD/.config" \
-	"$HARNESS"/configs/*.config "$HARNESS"/configs/compat/*.config
-run_logged "$LOGS/compat-olddef.log" "olddefconfig" kmake olddefconfig
-bad=""
-while read -r line; do
-	grep -qxF "$line" "$CBUILD/.config" || bad="$bad $line"
-done < <(grep -hE '^CONFIG_' "$HARNESS"/configs/compat/*.config)
-[ -z "$bad" ] || die "compat config did not take:$bad"
+kconfig_make "$CBUILD" compat "$HARNESS"/configs/*.config "$HARNESS"/configs/compat/*.config
 step "compiling the in-tree users of the HMM API"
 # shellcheck disable=SC2086
 run_logged "$LOGS/compat.log" "compat build" kmake -j"$JOBS" $OBJECTS

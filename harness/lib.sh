@@ -11,10 +11,14 @@ LINUX=$OUT/linux
 # KASAN, lockdep and the VM debug checks (configs/debug/*.config on top).
 FLAVOR=${FLAVOR:-normal}
 case "$FLAVOR" in
-normal) BUILD=$OUT/build ;;
-debug) BUILD=$OUT/build-debug ;;
+normal | debug) ;;
 *) echo "unknown kernel flavor $FLAVOR (normal or debug)" >&2; exit 1 ;;
 esac
+
+build_dir() {
+	if [ "$1" = normal ]; then echo "$OUT/build"; else echo "$OUT/build-$1"; fi
+}
+BUILD=$(build_dir "$FLAVOR")
 LOGS=$OUT/logs/$FLAVOR
 export CCACHE_DIR=${CCACHE_DIR:-/var/cache/hmm-ccache}
 export CCACHE_BASEDIR=$(dirname "$OUT")
@@ -68,6 +72,42 @@ run_logged() {
 		tail -n 25 "$log" >&2
 		die "$what failed (exit $rc), full log in $log"
 	fi
+}
+
+# kmake_in DIR ARGS...: make in the patched tree with O=DIR, through ccache.
+kmake_in() {
+	local dir=$1
+
+	shift
+	make -C "$LINUX" O="$dir" CC="ccache gcc" HOSTCC="ccache gcc" "$@"
+}
+
+# kconfig_make DIR NAME FRAGMENT...: tinyconfig plus the fragments in DIR,
+# merged with the tree's merge_config.sh, then checked symbol by symbol so
+# an option dropped by an unmet dependency fails here, not in a test.
+kconfig_make() {
+	local dir=$1 name=$2
+
+	shift 2
+	mkdir -p "$dir"
+	run_logged "$LOGS/$name-tinyconfig.log" "tinyconfig" kmake_in "$dir" tinyconfig
+	run_logged "$LOGS/$name-merge.log" "merge_config.sh" \
+		"$LINUX/scripts/kconfig/merge_config.sh" -m -O "$dir" "$dir/.config" "$@"
+	kconfig_sync "$dir" "$name" "$@"
+}
+
+# kconfig_sync DIR NAME FRAGMENT...: olddefconfig, then the check above.
+kconfig_sync() {
+	local dir=$1 name=$2 line sym bad=""
+
+	shift 2
+	run_logged "$LOGS/$name-olddef.log" "olddefconfig" kmake_in "$dir" olddefconfig
+	while read -r line; do
+		sym=${line%%=*}
+		grep -qxF "$line" "$dir/.config" ||
+			bad="$bad $line(got: $(grep -E "^$sym=|^# $sym is not set" "$dir/.config" || echo absent))"
+	done < <(grep -hE '^CONFIG_[A-Z0-9_]+=' "$@")
+	[ -z "$bad" ] || die "kernel config in $dir did not take:$bad"
 }
 
 # The Debian source package of the 6.12 series; any stable update of it.
