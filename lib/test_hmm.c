@@ -38,9 +38,13 @@
 #include <linux/bitmap.h>
 #include <linux/cdev.h>
 #include <linux/device.h>
+#include <linux/dma-direct.h>
+#include <linux/dma-map-ops.h>
+#include <linux/dma-mapping.h>
 #include <linux/fs.h>
 #include <linux/highmem.h>
 #include <linux/hmm.h>
+#include <linux/hmm-dma.h>
 #include <linux/init.h>
 #include <linux/ioport.h>
 #include <linux/kernel.h>
@@ -52,6 +56,7 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/nospec.h>
+#include <linux/platform_device.h>
 #include <linux/rmap.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
@@ -140,6 +145,24 @@ struct dmirror_device {
 	wait_queue_head_t	drain_wq;
 };
 
+/*
+ * DMA mode of one file (HMM_DMIRROR_DMA_*): the device reaches system
+ * pages through DMA addresses of a real struct device.  @map and the
+ * window [@start, @end) it covers change under pt_lock, which the
+ * invalidation callback holds while it unmaps; @lock keeps DMA requests
+ * of the file from replacing the window under each other.
+ */
+struct dmirror_dma {
+	struct mutex		lock;		/* one DMA request at a time */
+	struct hmm_dma_map	map;
+	unsigned long		start;
+	unsigned long		end;
+	unsigned long		*pfns;		/* hmm_pfns of the window */
+	u64			unmapped;	/* since the last STATS */
+	u64			local;		/* in the last request */
+	u64			bounced;	/* in the last request */
+};
+
 /* One open file: a device context mirroring the opener's mm. */
 struct dmirror {
 	struct hmm_mirror	mirror;
@@ -147,6 +170,7 @@ struct dmirror {
 	struct list_head	node;		/* in mdev->mirrors */
 	struct mutex		pt_lock;
 	struct xarray		pt;
+	struct dmirror_dma	dma;
 };
 
 /* A validated ioctl argument and the counters it returns. */
@@ -158,6 +182,13 @@ struct dmirror_req {
 	u64			cpages;
 	u64			faults;
 };
+
+static void dmirror_dma_init(struct dmirror *dmirror);
+static void dmirror_dma_destroy(struct dmirror *dmirror);
+static void dmirror_dma_zap(struct dmirror *dmirror, unsigned long start,
+			    unsigned long end);
+static void dmirror_dma_setup(void);
+static void dmirror_dma_teardown(void);
 
 static dev_t dmirror_devt;
 static struct dmirror_device *dmirror_devices[DMIRROR_NDEVICES];
@@ -797,6 +828,7 @@ static int dmirror_invalidate(struct hmm_mirror *mirror,
 	else if (!mutex_trylock(&dmirror->pt_lock))
 		return -EAGAIN;
 	dmirror_pt_zap(dmirror, update->start, update->end);
+	dmirror_dma_zap(dmirror, update->start, update->end);
 	mutex_unlock(&dmirror->pt_lock);
 	return 0;
 }
@@ -807,6 +839,7 @@ static void dmirror_mm_release(struct hmm_mirror *mirror)
 
 	mutex_lock(&dmirror->pt_lock);
 	dmirror_pt_zap(dmirror, 0, ULONG_MAX);
+	dmirror_dma_zap(dmirror, 0, ULONG_MAX);
 	mutex_unlock(&dmirror->pt_lock);
 }
 
@@ -840,6 +873,7 @@ static void dmirror_device_zap_migrating(struct dmirror_device *mdev,
 			if (src[i] & MIGRATE_PFN_MIGRATE)
 				dmirror_pt_zap(dmirror, addr, addr + PAGE_SIZE);
 		}
+		dmirror_dma_zap(dmirror, start, start + (npages << PAGE_SHIFT));
 		mutex_unlock(&dmirror->pt_lock);
 	}
 	mutex_unlock(&mdev->mirrors_lock);
@@ -1393,6 +1427,328 @@ static int dmirror_cmd_release(struct dmirror *dmirror,
 	return dmirror_devmem_release(dmirror->mdev, false);
 }
 
+/* ---------------------------------------------------------------------
+ * DMA mode
+ *
+ * The device reaches system pages through the DMA addresses the
+ * hmm_dma_map helpers give it for a platform device, as hardware behind
+ * the DMA API would.  With no hardware, "the device accesses DMA address
+ * A" means the CPU copies at the kernel address of dma_to_phys(A): the page
+ * itself with dma-direct, the bounce slot when swiotlb bounces.  So data
+ * only arrives if the syncs and unmaps are right.  The device's own
+ * device-private pages need no mapping and are accessed directly.
+ */
+
+/* Largest DMA window of one file: 32 MiB, half the default swiotlb pool. */
+#define DMIRROR_DMA_MAX_PAGES	(SZ_32M >> PAGE_SHIFT)
+
+static struct platform_device *dmirror_dma_pdev;
+
+static void dmirror_dma_setup(void)
+{
+	struct platform_device_info info = {
+		.name		= "hmm_dmirror_dma",
+		.id		= PLATFORM_DEVID_NONE,
+		.dma_mask	= DMA_BIT_MASK(64),
+	};
+	struct platform_device *pdev;
+
+	pdev = platform_device_register_full(&info);
+	if (IS_ERR(pdev)) {
+		pr_err("test_hmm: no DMA device, DMA mode disabled: %ld\n",
+		       PTR_ERR(pdev));
+		return;
+	}
+	dmirror_dma_pdev = pdev;
+}
+
+static void dmirror_dma_teardown(void)
+{
+	if (dmirror_dma_pdev)
+		platform_device_unregister(dmirror_dma_pdev);
+	dmirror_dma_pdev = NULL;
+}
+
+static void dmirror_dma_init(struct dmirror *dmirror)
+{
+	mutex_init(&dmirror->dma.lock);
+}
+
+/* Drop the window: its mappings, then its memory. */
+static void dmirror_dma_window_free(struct dmirror_dma *dma)
+{
+	hmm_dma_map_destroy(&dma->map);
+	kvfree(dma->pfns);
+	dma->pfns = NULL;
+	dma->start = 0;
+	dma->end = 0;
+}
+
+static void dmirror_dma_destroy(struct dmirror *dmirror)
+{
+	dmirror_dma_window_free(&dmirror->dma);
+	mutex_destroy(&dmirror->dma.lock);
+}
+
+/* Invalidation: unmap what the window maps in [start, end). */
+static void dmirror_dma_zap(struct dmirror *dmirror, unsigned long start,
+			    unsigned long end)
+{
+	struct dmirror_dma *dma = &dmirror->dma;
+
+	lockdep_assert_held(&dmirror->pt_lock);
+	start = max(start, dma->start);
+	end = min(end, dma->end);
+	if (start >= end)
+		return;
+	dma->unmapped += hmm_dma_unmap_range(&dma->map,
+					     (start - dma->start) >> PAGE_SHIFT,
+					     (end - start) >> PAGE_SHIFT);
+}
+
+/*
+ * Make the window cover exactly the request, replacing (and so unmapping)
+ * the previous one if it covered something else.
+ */
+static int dmirror_dma_window(struct dmirror *dmirror,
+			      struct dmirror_req *req)
+{
+	struct dmirror_dma *dma = &dmirror->dma;
+	struct dmirror_dma old = {};
+	struct hmm_dma_map map;
+	unsigned long *pfns;
+	int ret;
+
+	lockdep_assert_held(&dma->lock);
+	if (dma->pfns && dma->start == req->start && dma->end == req->end)
+		return 0;
+	if (!dmirror_dma_pdev)
+		return -ENODEV;
+	if (req->npages > DMIRROR_DMA_MAX_PAGES)
+		return -EINVAL;
+
+	ret = hmm_dma_map_init(&map, &dmirror_dma_pdev->dev, req->npages,
+			       dmirror->mdev, &dmirror->pt_lock);
+	if (ret)
+		return ret;
+	pfns = kvcalloc(req->npages, sizeof(*pfns), GFP_KERNEL);
+	if (!pfns) {
+		hmm_dma_map_destroy(&map);
+		return -ENOMEM;
+	}
+
+	mutex_lock(&dmirror->pt_lock);
+	old.map = dma->map;
+	old.pfns = dma->pfns;
+	dma->map = map;
+	dma->pfns = pfns;
+	dma->start = req->start;
+	dma->end = req->end;
+	mutex_unlock(&dmirror->pt_lock);
+
+	dmirror_dma_window_free(&old);
+	return 0;
+}
+
+/*
+ * The device accesses page @idx of the window through its DMA address.
+ * Reads refresh the device's view first; writes are published to the CPU
+ * once done, which is what lets unmapping skip the copy back.
+ */
+static int dmirror_dma_access(struct dmirror *dmirror, unsigned long idx,
+			      void *buf, bool write)
+{
+	struct dmirror_dma *dma = &dmirror->dma;
+	unsigned long hpfn = dma->pfns[idx];
+	struct device *dev = &dmirror_dma_pdev->dev;
+	dma_addr_t addr;
+	phys_addr_t phys;
+	void *va;
+	int ret;
+
+	ret = hmm_dma_map_pfn(&dma->map, idx, hpfn, &addr);
+	if (ret == HMM_DMA_LOCAL) {
+		struct page *data = dmirror_page_data(hmm_pfn_to_page(hpfn));
+
+		if (write)
+			memcpy_to_page(data, 0, buf, PAGE_SIZE);
+		else
+			memcpy_from_page(buf, data, 0, PAGE_SIZE);
+		dma->local++;
+		return 0;
+	}
+	if (ret < 0)
+		return ret;
+
+	/* dma-direct only (checked by the caller): no IOMMU translation. */
+	phys = dma_to_phys(dev, addr);
+	if (phys != hmm_pfn_to_phys(hpfn))
+		dma->bounced++;
+	va = phys_to_virt(phys);
+	if (write) {
+		memcpy(va, buf, PAGE_SIZE);
+		return hmm_dma_sync_for_cpu(&dma->map, idx);
+	}
+	ret = hmm_dma_sync_for_device(&dma->map, idx);
+	if (!ret)
+		memcpy(buf, va, PAGE_SIZE);
+	return ret;
+}
+
+/*
+ * One batch of a DMA request: fault the pages in for the device, map them
+ * and move the data, all under pt_lock so no invalidation can unmap a page
+ * while the device is at it.
+ */
+static int dmirror_dma_batch(struct dmirror *dmirror, unsigned long first,
+			     unsigned long n, void *buf, bool write)
+{
+	struct dmirror_dma *dma = &dmirror->dma;
+	struct hmm_range range = {
+		.start = dma->start + (first << PAGE_SHIFT),
+		.end = dma->start + ((first + n) << PAGE_SHIFT),
+		.hmm_pfns = dma->pfns + first,
+		.default_flags = HMM_PFN_REQ_FAULT |
+				 (write ? HMM_PFN_REQ_WRITE : 0),
+		.dev_private_owner = dmirror->mdev,
+	};
+	unsigned long i;
+	int ret;
+
+	ret = hmm_mirror_range_fault(&dmirror->mirror, &range,
+				     &dmirror->pt_lock);
+	if (ret)
+		return ret;
+	for (i = 0; i < n && !ret; i++)
+		ret = dmirror_dma_access(dmirror, first + i,
+					 buf + (i << PAGE_SHIFT), write);
+	mutex_unlock(&dmirror->pt_lock);
+	return ret;
+}
+
+static int dmirror_dma_transfer(struct dmirror *dmirror,
+				struct dmirror_req *req, bool write)
+{
+	struct dmirror_dma *dma = &dmirror->dma;
+	unsigned long batch = min(DMIRROR_BATCH, req->npages);
+	unsigned long done = 0;
+	void *bounce;
+	int ret;
+
+	if (dmirror_dma_pdev && get_dma_ops(&dmirror_dma_pdev->dev))
+		return -EOPNOTSUPP;
+	bounce = kvmalloc(batch << PAGE_SHIFT, GFP_KERNEL);
+	if (!bounce)
+		return -ENOMEM;
+
+	mutex_lock(&dma->lock);
+	ret = dmirror_dma_window(dmirror, req);
+	if (ret)
+		goto unlock;
+	dma->local = 0;
+	dma->bounced = 0;
+
+	while (done < req->npages) {
+		unsigned long n = min(batch, req->npages - done);
+		void __user *ubuf = req->buf + (done << PAGE_SHIFT);
+
+		if (write && copy_from_user(bounce, ubuf, n << PAGE_SHIFT)) {
+			ret = -EFAULT;
+			break;
+		}
+		ret = dmirror_dma_batch(dmirror, done, n, bounce, write);
+		if (ret)
+			break;
+		req->faults++;
+		if (!write && copy_to_user(ubuf, bounce, n << PAGE_SHIFT)) {
+			ret = -EFAULT;
+			break;
+		}
+		done += n;
+		req->cpages = done;
+	}
+unlock:
+	mutex_unlock(&dma->lock);
+	kvfree(bounce);
+	return ret;
+}
+
+static int dmirror_cmd_dma_read(struct dmirror *dmirror,
+				struct dmirror_req *req)
+{
+	return dmirror_dma_transfer(dmirror, req, false);
+}
+
+static int dmirror_cmd_dma_write(struct dmirror *dmirror,
+				 struct dmirror_req *req)
+{
+	return dmirror_dma_transfer(dmirror, req, true);
+}
+
+/* Count the live mappings of the window, and the huge ones among them. */
+static void dmirror_dma_count(struct dmirror_dma *dma,
+			      struct hmm_dmirror_dma_stats *st)
+{
+	unsigned long pages[HMM_PFN_ORDER_MASK + 1] = {};
+	unsigned long i;
+	unsigned int order;
+	dma_addr_t addr;
+	int ret;
+
+	for (i = 0; i < dma->map.nr_entries; i++) {
+		ret = hmm_dma_lookup(&dma->map, i, &addr);
+		if (ret >= 0)
+			pages[ret]++;
+	}
+	st->mappings = dma->map.nr_mappings;
+	for (order = 0; order <= HMM_PFN_ORDER_MASK; order++) {
+		st->mapped_pages += pages[order];
+		if (order)
+			st->huge += pages[order] >> order;
+	}
+}
+
+static int dmirror_cmd_dma_stats(struct dmirror *dmirror,
+				 struct dmirror_req *req)
+{
+	struct dmirror_dma *dma = &dmirror->dma;
+	struct hmm_dmirror_dma_stats st = {};
+
+	if (!dmirror_dma_pdev)
+		return -ENODEV;
+	st.max_mapping = min_t(size_t, dma_max_mapping_size(&dmirror_dma_pdev->dev),
+			       U64_MAX);
+
+	mutex_lock(&dma->lock);
+	mutex_lock(&dmirror->pt_lock);
+	if (dma->pfns)
+		dmirror_dma_count(dma, &st);
+	st.unmapped = dma->unmapped;
+	dma->unmapped = 0;
+	st.local = dma->local;
+	st.bounced = dma->bounced;
+	mutex_unlock(&dmirror->pt_lock);
+	mutex_unlock(&dma->lock);
+
+	if (copy_to_user(req->buf, &st, sizeof(st)))
+		return -EFAULT;
+	return 0;
+}
+
+static int dmirror_cmd_dma_unmap(struct dmirror *dmirror,
+				 struct dmirror_req *req)
+{
+	struct dmirror_dma *dma = &dmirror->dma;
+
+	mutex_lock(&dma->lock);
+	mutex_lock(&dmirror->pt_lock);
+	if (dma->pfns)
+		req->cpages = hmm_dma_unmap_all(&dma->map);
+	mutex_unlock(&dmirror->pt_lock);
+	mutex_unlock(&dma->lock);
+	return 0;
+}
+
 struct dmirror_ioctl {
 	unsigned int	cmd;
 	int		(*fn)(struct dmirror *dmirror, struct dmirror_req *req);
@@ -1416,6 +1772,14 @@ static const struct dmirror_ioctl dmirror_ioctls[] = {
 		HMM_DMIRROR_CHECK_EXCLUSIVE, dmirror_cmd_check_exclusive },
 	[_IOC_NR(HMM_DMIRROR_RELEASE)] = {
 		HMM_DMIRROR_RELEASE, dmirror_cmd_release },
+	[_IOC_NR(HMM_DMIRROR_DMA_READ)] = {
+		HMM_DMIRROR_DMA_READ, dmirror_cmd_dma_read },
+	[_IOC_NR(HMM_DMIRROR_DMA_WRITE)] = {
+		HMM_DMIRROR_DMA_WRITE, dmirror_cmd_dma_write },
+	[_IOC_NR(HMM_DMIRROR_DMA_STATS)] = {
+		HMM_DMIRROR_DMA_STATS, dmirror_cmd_dma_stats },
+	[_IOC_NR(HMM_DMIRROR_DMA_UNMAP)] = {
+		HMM_DMIRROR_DMA_UNMAP, dmirror_cmd_dma_unmap },
 };
 
 /* Reject ranges the device cannot address before any work is done. */
@@ -1494,6 +1858,7 @@ static int dmirror_fop_open(struct inode *inode, struct file *filp)
 	dmirror->mdev = mdev;
 	mutex_init(&dmirror->pt_lock);
 	xa_init(&dmirror->pt);
+	dmirror_dma_init(dmirror);
 	dmirror->mirror.ops = &dmirror_mirror_ops;
 
 	/* Not under mirrors_lock: registering takes the mmap lock. */
@@ -1523,6 +1888,7 @@ static int dmirror_fop_release(struct inode *inode, struct file *filp)
 	hmm_mirror_unregister(&dmirror->mirror);
 	dmirror_devmem_evict_owner(mdev, dmirror);
 
+	dmirror_dma_destroy(dmirror);
 	xa_destroy(&dmirror->pt);
 	kfree(dmirror);
 	return 0;
@@ -1690,6 +2056,7 @@ static int __init dmirror_init(void)
 	}
 	/* Without coherent memory, /dev/hmm_dmirror2 and 3 do not exist. */
 	dmirror_coherent_create();
+	dmirror_dma_setup();
 
 	pr_info("test_hmm: HMM dummy devices ready, for testing only\n");
 	return 0;
@@ -1705,6 +2072,7 @@ static void __exit dmirror_exit(void)
 {
 	unsigned int id;
 
+	dmirror_dma_teardown();
 	for (id = 0; id < DMIRROR_NDEVICES; id++)
 		dmirror_device_destroy(id);
 	unregister_chrdev_region(dmirror_devt, DMIRROR_NDEVICES);

@@ -54,6 +54,47 @@ struct hmm_dmirror_cmd {
 #define HMM_DMIRROR_RELEASE		_IOWR('H', 0x07, struct hmm_dmirror_cmd)
 
 /*
+ * DMA mode: the device reaches system memory only through DMA addresses
+ * obtained with the hmm_dma_map helpers (include/linux/hmm-dma.h) for a
+ * real struct device, so swiotlb bouncing applies when the kernel forces
+ * it.  Each file keeps the mappings of its last DMA range (its window)
+ * until that range is invalidated or a DMA request names another range.
+ */
+/* Device reads the range into @ptr through DMA addresses. */
+#define HMM_DMIRROR_DMA_READ		_IOWR('H', 0x10, struct hmm_dmirror_cmd)
+/* Device writes @ptr into the range through DMA addresses. */
+#define HMM_DMIRROR_DMA_WRITE		_IOWR('H', 0x11, struct hmm_dmirror_cmd)
+/*
+ * Fill the struct hmm_dmirror_dma_stats at @ptr.  @addr and @npages are
+ * not used but, as for every command, must form a valid range.
+ */
+#define HMM_DMIRROR_DMA_STATS		_IOWR('H', 0x12, struct hmm_dmirror_cmd)
+/* Drop every DMA mapping of the window; @cpages is how many were live. */
+#define HMM_DMIRROR_DMA_UNMAP		_IOWR('H', 0x13, struct hmm_dmirror_cmd)
+
+/**
+ * struct hmm_dmirror_dma_stats - state of a file's DMA window
+ * @mappings:     live DMA mappings (a huge page mapped once counts once)
+ * @huge:         how many of them cover more than one page
+ * @mapped_pages: pages covered by the live mappings
+ * @unmapped:     mappings dropped by invalidations since the last STATS
+ * @local:        pages of the last DMA request served from the device's
+ *                own memory (nothing to map)
+ * @bounced:      pages of the last DMA request whose DMA address did not
+ *                lead to the page itself (a swiotlb bounce buffer)
+ * @max_mapping:  largest DMA mapping the device takes, in bytes
+ */
+struct hmm_dmirror_dma_stats {
+	__u64		mappings;
+	__u64		huge;
+	__u64		mapped_pages;
+	__u64		unmapped;
+	__u64		local;
+	__u64		bounced;
+	__u64		max_mapping;
+};
+
+/*
  * Page states written by HMM_DMIRROR_SNAPSHOT, one byte per page.  The low
  * bits say how the CPU may access the page, the high nibble says where the
  * page lives; the two are or'ed together.
