@@ -2382,4 +2382,540 @@ TEST_F_TIMEOUT(dmirror_big, whole_buffer_migration, 900)
 	ASSERT_EQ(0, munmap(va, len));
 }
 
+/* ---------------------------------------------------------------------
+ * DMA mode: the device reaches memory through DMA addresses of a real
+ * struct device (HMM_DMIRROR_DMA_*).  With swiotlb=force on the kernel
+ * command line every page bounces, and the data only arrives if the
+ * driver maps, syncs and unmaps correctly.
+ */
+
+#define SWIOTLB_USED	"/sys/kernel/debug/swiotlb/io_tlb_used"
+#define SWIOTLB_SLOT	2048	/* IO_TLB_SIZE */
+
+FIXTURE(hmm_dma) {
+	int fd;
+	int peer_fd;
+	size_t psz;
+	bool bounce;	/* swiotlb=force: every mapping must bounce */
+};
+
+FIXTURE_VARIANT(hmm_dma) {
+	int unit;
+	int peer;
+	bool coherent;
+};
+
+FIXTURE_VARIANT_ADD(hmm_dma, private_mem) {
+	.unit = 0,
+	.peer = 1,
+	.coherent = false,
+};
+
+FIXTURE_VARIANT_ADD(hmm_dma, coherent_mem) {
+	.unit = 2,
+	.peer = 3,
+	.coherent = true,
+};
+
+static bool cmdline_has(const char *word)
+{
+	char line[4096];
+	bool found = false;
+	FILE *f;
+
+	f = fopen("/proc/cmdline", "r");
+	if (!f)
+		return false;
+	if (fgets(line, sizeof(line), f))
+		found = strstr(line, word);
+	fclose(f);
+	return found;
+}
+
+FIXTURE_SETUP(hmm_dma)
+{
+	self->psz = sysconf(_SC_PAGESIZE);
+	self->bounce = cmdline_has("swiotlb=force");
+	self->fd = dmirror_open(variant->unit);
+	if (self->fd < 0 && errno == ENOENT)
+		SKIP(return, "/dev/hmm_dmirror%d absent", variant->unit);
+	ASSERT_LE(0, self->fd);
+	self->peer_fd = dmirror_open(variant->peer);
+	if (self->peer_fd < 0 && errno == ENOENT)
+		SKIP(return, "/dev/hmm_dmirror%d absent", variant->peer);
+	ASSERT_LE(0, self->peer_fd);
+}
+
+FIXTURE_TEARDOWN(hmm_dma)
+{
+	close(self->peer_fd);
+	close(self->fd);
+}
+
+/* STATS ignores the range, but it must still be a valid one. */
+static int dma_stats(int fd, struct hmm_dmirror_dma_stats *st)
+{
+	void *any = (void *)(uintptr_t)sysconf(_SC_PAGESIZE);
+	struct hmm_dmirror_cmd cmd;
+
+	memset(st, 0xa5, sizeof(*st));
+	return dmirror_req(fd, HMM_DMIRROR_DMA_STATS, any, st, 1, &cmd);
+}
+
+/*
+ * CPU -> device -> CPU through DMA addresses, one mapping per base page,
+ * and a CPU write between two device reads that changes no PTE: the
+ * second read must see it although nothing was invalidated (with a bounce
+ * buffer, only a sync before the device reads makes that true).
+ */
+TEST_F(hmm_dma, read_write_round_trip)
+{
+	const unsigned long npages = 64;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_dma_stats st;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	pat_fill(va, len, 0xd1, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_LE(1, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xd1, 0));
+
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(npages, st.mappings);
+	ASSERT_EQ(0, st.huge);
+	ASSERT_EQ(npages, st.mapped_pages);
+	ASSERT_EQ(0, st.local);
+	ASSERT_EQ(self->bounce ? npages : 0, st.bounced);
+
+	/* Same PTEs, new data: no invalidation, the mappings stay. */
+	pat_fill(va, len, 0xd2, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xd2, 0));
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(npages, st.mappings);
+	ASSERT_EQ(0, st.unmapped);
+
+	pat_fill(dbuf, len, 0xd3, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 0xd3, 0));
+
+	/* The driver's own teardown, twice: the second finds nothing. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_UNMAP, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_UNMAP, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(0, cmd.cpages);
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(0, st.mappings);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 0xd3, 0));
+	free(dbuf);
+	munmap(va, len);
+}
+
+/*
+ * Untouched memory reads as zeros through a read-only mapping of the zero
+ * page; a device write then faults real pages in and remaps the entries
+ * writable, and the CPU sees the data.
+ */
+TEST_F(hmm_dma, zero_page_then_write)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_dma_stats st;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	memset(dbuf, 0x5a, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, zero_find_bad(dbuf, len));
+
+	pat_fill(dbuf, len, 0xd4, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 0xd4, 0));
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(npages, st.mappings);
+	/* The write fault replaced the zero page: those mappings went. */
+	ASSERT_EQ(npages, st.unmapped);
+	free(dbuf);
+	munmap(va, len);
+}
+
+/*
+ * Bouncing happens exactly when the kernel forces it: every page's DMA
+ * address leads to a swiotlb slot, the pool's usage grows by the mapped
+ * pages while they stay mapped and drops when an invalidation unmaps them.
+ * Without swiotlb=force, dma-direct hands out the pages' own addresses.
+ */
+TEST_F(hmm_dma, swiotlb_bounce)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz;
+	long slots = npages * (self->psz / SWIOTLB_SLOT);
+	struct hmm_dmirror_dma_stats st;
+	struct hmm_dmirror_cmd cmd;
+	long before, mapped, after;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 0xd5, 0);
+
+	before = read_long_file(SWIOTLB_USED);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xd5, 0));
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(npages, st.mappings);
+	if (!self->bounce) {
+		ASSERT_EQ(0, st.bounced);
+		free(dbuf);
+		munmap(va, len);
+		return;
+	}
+
+	ASSERT_EQ(npages, st.bounced);
+	ASSERT_LE(0, before);	/* the pool exists and is reported */
+	mapped = read_long_file(SWIOTLB_USED);
+	ASSERT_LE(before + slots, mapped);
+
+	/* Device writes land in the slots; only the sync brings them back. */
+	pat_fill(dbuf, len, 0xd6, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 0xd6, 0));
+
+	ASSERT_EQ(0, munmap(va, len));
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(0, st.mappings);
+	ASSERT_EQ(npages, st.unmapped);
+	after = read_long_file(SWIOTLB_USED);
+	ASSERT_GE(mapped - slots, after);
+	free(dbuf);
+}
+
+/*
+ * A THP is mapped once and reported as one huge mapping when the device
+ * takes mappings that large (with swiotlb=force it does not, and every
+ * page is mapped on its own).  Splitting the PMD unmaps the huge mapping;
+ * the next access maps the split pages one by one.
+ */
+TEST_F(hmm_dma, thp_one_mapping_per_huge_page)
+{
+	size_t pmd = pmd_size();
+	size_t len = 2 * pmd;
+	unsigned long npages = len / self->psz;
+	unsigned long per_thp = pmd / self->psz;
+	struct hmm_dmirror_dma_stats st;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	bool huge;
+
+	va = thp_map_filled(len, 0xd7);
+	if (!va)
+		SKIP(return, "no THP for a PMD-aligned buffer");
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xd7, 0));
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	huge = st.max_mapping >= pmd;
+	ASSERT_EQ(!self->bounce, huge);
+	ASSERT_EQ(npages, st.mapped_pages);
+	ASSERT_EQ(huge ? 2 : npages, st.mappings);
+	ASSERT_EQ(huge ? 2 : 0, st.huge);
+
+	pat_fill(dbuf, len, 0xd8, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 0xd8, 0));
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(huge ? 2 : npages, st.mappings);
+	ASSERT_EQ(0, st.unmapped);
+
+	/* Half of the first THP read-only: its PMD is split. */
+	ASSERT_EQ(0, mprotect(va, pmd / 2, PROT_READ));
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_LE(1, st.unmapped);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xd8, 0));
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(npages, st.mapped_pages);
+	ASSERT_EQ(huge ? per_thp + 1 : npages, st.mappings);
+	ASSERT_EQ(huge ? 1 : 0, st.huge);
+	free(dbuf);
+	munmap(va, len);
+}
+
+/*
+ * Migration invalidates DMA mappings.  Pages on this device's own private
+ * memory need no mapping and are served locally; coherent pages are
+ * ordinary memory and get mapped; a page on the peer device's private
+ * memory is brought back to system memory before it is mapped.
+ */
+TEST_F(hmm_dma, migration_and_device_pages)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_dma_stats st;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 0xd9, 0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(0, st.mappings);
+	ASSERT_EQ(npages, st.unmapped);
+
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xd9, 0));
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(variant->coherent ? 0 : npages, st.local);
+	ASSERT_EQ(variant->coherent ? npages : 0, st.mappings);
+
+	pat_fill(dbuf, len, 0xda, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 0xda, 0));
+
+	/* Now on the peer's memory (coherent pages move via the CPU). */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xda, 0));
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(0, st.local);
+	ASSERT_EQ(npages, st.mappings);
+	ASSERT_EQ(self->bounce ? npages : 0, st.bounced);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 0xda, 0));
+	free(dbuf);
+	munmap(va, len);
+}
+
+struct dma_race {
+	char *va;
+	size_t len;
+	int mode;	/* 0: munmap, 1: mprotect flips */
+	int go;
+	int stop;
+	int ret;
+};
+
+static void *dma_race_thread(void *arg)
+{
+	struct dma_race *r = arg;
+	int i;
+
+	while (!__atomic_load_n(&r->go, __ATOMIC_ACQUIRE))
+		;
+	if (!r->mode) {
+		usleep(100);
+		r->ret = munmap(r->va, r->len);
+		return NULL;
+	}
+	for (i = 0; !__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE); i++) {
+		r->ret = mprotect(r->va, r->len, (i & 1) ?
+				  PROT_READ | PROT_WRITE : PROT_READ);
+		if (r->ret)
+			break;
+	}
+	return NULL;
+}
+
+/*
+ * munmap() from another thread while the device reads through DMA: each
+ * read returns the right data or EFAULT, and once the range is gone no
+ * mapping is left behind.
+ */
+TEST_F(hmm_dma, munmap_during_dma)
+{
+	const unsigned long npages = 64;
+	size_t len = npages * self->psz;
+	struct dma_race race = { .len = len };
+	struct hmm_dmirror_dma_stats st;
+	struct hmm_dmirror_cmd cmd;
+	pthread_t thread;
+	int round, ret = 0, reads;
+	char *dbuf;
+
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	for (round = 0; round < 8; round++) {
+		race.va = anon_map(len, PROT_READ | PROT_WRITE, true);
+		ASSERT_NE(NULL, race.va);
+		pat_fill(race.va, len, 0xe0 + round, 0);
+		__atomic_store_n(&race.go, 0, __ATOMIC_RELEASE);
+		ASSERT_EQ(0, pthread_create(&thread, NULL, dma_race_thread,
+					    &race));
+		__atomic_store_n(&race.go, 1, __ATOMIC_RELEASE);
+		for (reads = 0; reads < 200; reads++) {
+			ret = dmirror_req(self->fd, HMM_DMIRROR_DMA_READ,
+					  race.va, dbuf, npages, &cmd);
+			if (ret)
+				break;
+			ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xe0 + round, 0));
+		}
+		ASSERT_EQ(0, pthread_join(thread, NULL));
+		ASSERT_EQ(0, race.ret);
+		if (ret)
+			ASSERT_EQ(-EFAULT, ret);
+		ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ,
+					       race.va, dbuf, npages, &cmd));
+		ASSERT_EQ(0, dma_stats(self->fd, &st));
+		ASSERT_EQ(0, st.mappings);
+	}
+	free(dbuf);
+}
+
+/*
+ * mprotect() flips from another thread while the device reads and writes:
+ * the data stays right; then one write-protection, done alone, unmaps
+ * every writable mapping of the window.
+ */
+TEST_F(hmm_dma, mprotect_during_dma)
+{
+	const unsigned long npages = 64;
+	size_t len = npages * self->psz;
+	struct dma_race race = { .len = len, .mode = 1 };
+	struct hmm_dmirror_dma_stats st;
+	struct hmm_dmirror_cmd cmd;
+	pthread_t thread;
+	int reads, ret;
+	char *dbuf;
+
+	race.va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, race.va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(race.va, len, 0xe8, 0);
+
+	ASSERT_EQ(0, pthread_create(&thread, NULL, dma_race_thread, &race));
+	__atomic_store_n(&race.go, 1, __ATOMIC_RELEASE);
+	for (reads = 0; reads < 200; reads++) {
+		/* Endless invalidations may outlast the fault timeout. */
+		ret = dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, race.va,
+				  dbuf, npages, &cmd);
+		if (ret == -EBUSY)
+			continue;
+		ASSERT_EQ(0, ret);
+		ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xe8, 0));
+	}
+	__atomic_store_n(&race.stop, 1, __ATOMIC_RELEASE);
+	ASSERT_EQ(0, pthread_join(thread, NULL));
+	ASSERT_EQ(0, race.ret);
+
+	ASSERT_EQ(0, mprotect(race.va, len, PROT_READ | PROT_WRITE));
+	pat_fill(dbuf, len, 0xe9, 0);
+	do {
+		ret = dmirror_req(self->fd, HMM_DMIRROR_DMA_WRITE, race.va,
+				  dbuf, npages, &cmd);
+	} while (ret == -EBUSY);
+	ASSERT_EQ(0, ret);
+	ASSERT_EQ(-1, pat_find_bad(race.va, len, 0xe9, 0));
+
+	ASSERT_EQ(0, dma_stats(self->fd, &st));	/* resets unmapped */
+	ASSERT_EQ(npages, st.mappings);
+	ASSERT_EQ(0, mprotect(race.va, len, PROT_READ));
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(npages, st.unmapped);
+	ASSERT_EQ(0, st.mappings);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_DMA_WRITE, race.va,
+				      dbuf, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(race.va, len, 0xe9, 0));
+	free(dbuf);
+	munmap(race.va, len);
+}
+
+/*
+ * Requests the DMA mode cannot serve fail with the documented errno and
+ * leave the memory alone: no access rights, a hole, a window larger than
+ * the device takes, a bad stats buffer.
+ */
+TEST_F(hmm_dma, bad_requests)
+{
+	const unsigned long npages = 8;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_dma_stats st;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf, *big;
+	unsigned long bigpages = (64 * SZ_1M) / self->psz;
+
+	va = anon_map(2 * len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, 2 * len, 0xf0, 0);
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_NONE));
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va,
+				       dbuf, npages, &cmd));
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+	pat_fill(dbuf, len, 0xf1, 0);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_DMA_WRITE, va,
+				      dbuf, npages, &cmd));
+	ASSERT_EQ(0, munmap(va + len, len));
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_DMA_WRITE,
+				       va + len, dbuf, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 0xf0, 0));
+
+	big = anon_map(64 * SZ_1M, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, big);
+	ASSERT_EQ(-EINVAL, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, big,
+				       dbuf, bigpages, &cmd));
+	munmap(big, 64 * SZ_1M);
+
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_DMA_STATS, va,
+				       (void *)8, 1, &cmd));
+	/* Nothing failed half-way left a mapping behind. */
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(0, st.mappings);
+
+	/* And the device still works afterwards. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xf0, 0));
+	free(dbuf);
+	munmap(va, len);
+}
+
 TEST_HARNESS_MAIN
