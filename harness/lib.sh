@@ -19,7 +19,9 @@ build_dir() {
 	if [ "$1" = normal ]; then echo "$OUT/build"; else echo "$OUT/build-$1"; fi
 }
 BUILD=$(build_dir "$FLAVOR")
-LOGS=$OUT/logs/$FLAVOR
+# HMM_RUN names a guest run of a kernel other than its plain boot (its logs
+# go to logs/$HMM_RUN), e.g. "swiotlb" below in harness/hmm.
+LOGS=$OUT/logs/${HMM_RUN:-$FLAVOR}
 export CCACHE_DIR=${CCACHE_DIR:-/var/cache/hmm-ccache}
 export CCACHE_BASEDIR=$(dirname "$OUT")
 export CCACHE_NOHASHDIR=1
