@@ -463,34 +463,40 @@ static void dmirror_copy_to_sys(const unsigned long *src, unsigned long *dst,
 	}
 }
 
-/* Does [first, first + n) of @chunk hold pages (of @owner, if given)? */
-static bool dmirror_chunk_window_used(struct dmirror_chunk *chunk,
-				      unsigned long first, unsigned long n,
-				      const void *owner)
+/*
+ * Store in @pfns the pfns of up to @max pages of @chunk in use (by @owner,
+ * if given), scanning from index *@pos; *@pos is left where to go on.
+ */
+static unsigned long dmirror_chunk_gather(struct dmirror_chunk *chunk,
+					  unsigned long *pos,
+					  unsigned long *pfns,
+					  unsigned long max, const void *owner)
 {
-	unsigned long idx = first;
-	bool used = false;
+	unsigned long idx = *pos, n = 0;
 
 	spin_lock(&chunk->mdev->mem_lock);
-	for_each_set_bit_from(idx, chunk->busy, first + n) {
-		if (!owner || chunk->dpages[idx].owner == owner) {
-			used = true;
+	for_each_set_bit_from(idx, chunk->busy, chunk->npages) {
+		if (n == max)
 			break;
-		}
+		if (!owner || chunk->dpages[idx].owner == owner)
+			pfns[n++] = chunk->pfn_first + idx;
 	}
 	spin_unlock(&chunk->mdev->mem_lock);
-	return used;
+	*pos = idx;
+	return n;
 }
 
 /*
  * Move the pages of @chunk (only those of @owner, if given) back to system
- * memory, wherever they are mapped.  Pages that are locked or pinned at
- * the time are skipped; callers needing all of them try again.
+ * memory, wherever they are mapped.  Only pages the allocator knows to be
+ * in use are collected, with migrate_device_pfns(), so a mostly free
+ * chunk costs no more than its busy pages.  Pages that are locked or
+ * pinned at the time are skipped; callers needing all of them try again.
  */
 static int dmirror_chunk_evict(struct dmirror_chunk *chunk, const void *owner)
 {
 	unsigned long *src, *dst;
-	unsigned long first, n;
+	unsigned long pos = 0, n;
 
 	src = kvmalloc_array(DMIRROR_BATCH, sizeof(*src), GFP_KERNEL);
 	dst = kvmalloc_array(DMIRROR_BATCH, sizeof(*dst), GFP_KERNEL);
@@ -500,12 +506,9 @@ static int dmirror_chunk_evict(struct dmirror_chunk *chunk, const void *owner)
 		return -ENOMEM;
 	}
 
-	for (first = 0; first < chunk->npages; first += n) {
-		n = min(DMIRROR_BATCH, chunk->npages - first);
-		if (!dmirror_chunk_window_used(chunk, first, n, owner))
-			continue;
-
-		migrate_device_range(src, chunk->pfn_first + first, n);
+	while ((n = dmirror_chunk_gather(chunk, &pos, src, DMIRROR_BATCH,
+					 owner))) {
+		migrate_device_pfns(src, n);
 		dmirror_copy_to_sys(src, dst, n, NULL, 0, owner);
 		migrate_device_pages(src, dst, n);
 		migrate_device_finalize(src, dst, n);

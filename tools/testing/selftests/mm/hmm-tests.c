@@ -35,6 +35,7 @@
 
 #include "../kselftest_harness.h"
 #include <lib/test_hmm_uapi.h>
+#include <mm/gup_test.h>
 
 #define SZ_1M		(1024UL * 1024)
 #define SZ_1G		(1024 * SZ_1M)
@@ -2379,6 +2380,223 @@ TEST_F_TIMEOUT(dmirror_big, whole_buffer_migration, 900)
 					   BIG_WINDOW - self->psz, 401,
 					   off + self->psz));
 	}
+	ASSERT_EQ(0, munmap(va, len));
+}
+
+/* ---------------------------------------------------------------------
+ * The migration engine: device pages under mprotect and mremap, and
+ * pages that a long-term pin keeps where they are.
+ */
+
+/*
+ * mprotect() of pages in device memory downgrades the device entries
+ * themselves: the device loses write access and keeps reading the data,
+ * and after the range is writable again a CPU store reaches the device.
+ */
+TEST_F(dmirror, device_pages_mprotect)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	unsigned char local = dev_local(variant->coherent);
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 91, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages, local);
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages,
+		    (local & ~DEV_RW) | DEV_RO);
+	pat_fill(dbuf, len, 92, 0);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				      npages, &cmd));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 91, 0));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 91, 0));
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ | PROT_WRITE));
+	pat_fill(va, len, 93, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 93, 0));
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+}
+
+/*
+ * mremap() moves the device entries with the rest of the page table:
+ * the pages stay in device memory at the new address, nothing remains
+ * at the old one, and the data comes home intact from the new address.
+ */
+TEST_F(dmirror, device_pages_mremap)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	unsigned char local = dev_local(variant->coherent);
+	struct hmm_dmirror_cmd cmd;
+	char *va, *to, *moved, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	to = anon_map(len, PROT_NONE, true);
+	ASSERT_NE(NULL, va);
+	ASSERT_NE(NULL, to);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 94, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+
+	moved = mremap(va, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+	ASSERT_EQ(to, moved);
+	expect_snap(_metadata, self->fd, moved, npages, 0, npages, local);
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				       npages, &cmd));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, moved, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 94, 0));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, moved,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(moved, len, 94, 0));
+	free(dbuf);
+	ASSERT_EQ(0, munmap(moved, len));
+}
+
+static int gup_test_open(void)
+{
+	return open("/sys/kernel/debug/gup_test", O_RDWR | O_CLOEXEC);
+}
+
+/* Long-term pin [@va, @va + @len) for writing through gup_test. */
+static int pin_longterm(int gup, char *va, size_t len)
+{
+	struct pin_longterm_test pin = {
+		.addr = (uintptr_t)va,
+		.size = len,
+		.flags = PIN_LONGTERM_TEST_FLAG_USE_WRITE,
+	};
+
+	return ioctl(gup, PIN_LONGTERM_TEST_START, &pin) ? -errno : 0;
+}
+
+/* What the pinned pages hold, read through the pins into @buf. */
+static int pin_read(int gup, void *buf)
+{
+	__u64 addr = (uintptr_t)buf;
+
+	return ioctl(gup, PIN_LONGTERM_TEST_READ, &addr) ? -errno : 0;
+}
+
+/*
+ * Migration leaves long-term pinned pages alone: the pin holder keeps
+ * using the page it pinned, so moving the data away would split it in
+ * two. Exactly the pinned pages stay in system memory, a CPU store to
+ * them is still what the pin sees, and once unpinned they move too.
+ */
+TEST_F(dmirror, migrate_skips_pinned_pages)
+{
+	const unsigned long npages = 16, first = 4, npinned = 4;
+	size_t psz = self->psz, len = npages * psz;
+	unsigned char local = dev_local(variant->coherent);
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf, *pbuf;
+	int gup;
+
+	gup = gup_test_open();
+	if (gup < 0)
+		SKIP(return, "no gup_test in debugfs (CONFIG_GUP_TEST)");
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	pbuf = malloc(npinned * psz);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_NE(NULL, pbuf);
+	pat_fill(va, len, 95, 0);
+	ASSERT_EQ(0, pin_longterm(gup, va + first * psz, npinned * psz));
+
+	/* The device does not hold every page: ENOENT, as for any miss. */
+	ASSERT_EQ(-ENOENT, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				       va, dbuf, npages, &cmd));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 95, 0));
+	expect_snap(_metadata, self->fd, va, npages, 0, first, local);
+	expect_snap(_metadata, self->fd, va, npages, first, first + npinned,
+		    DEV_RW);
+	expect_snap(_metadata, self->fd, va, npages, first + npinned, npages,
+		    local);
+
+	pat_fill(va + first * psz, npinned * psz, 96, first * psz);
+	ASSERT_EQ(0, pin_read(gup, pbuf));
+	ASSERT_EQ(-1, pat_find_bad(pbuf, npinned * psz, 96, first * psz));
+
+	ASSERT_EQ(0, ioctl(gup, PIN_LONGTERM_TEST_STOP));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages, local);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, first * psz, 95, 0));
+	ASSERT_EQ(-1, pat_find_bad(va + first * psz, npinned * psz, 96,
+				   first * psz));
+	ASSERT_EQ(-1, pat_find_bad(va + (first + npinned) * psz,
+				   (npages - first - npinned) * psz, 95,
+				   (first + npinned) * psz));
+	free(pbuf);
+	free(dbuf);
+	close(gup);
+	ASSERT_EQ(0, munmap(va, len));
+}
+
+/*
+ * A long-term pin never holds device memory: device-private pages fault
+ * back to system memory and device-coherent pages are migrated out
+ * before the pin is taken. The pin sees the data, and later CPU stores.
+ */
+TEST_F(dmirror, longterm_pin_leaves_device_memory)
+{
+	const unsigned long npages = 8;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf, *pbuf;
+	int gup;
+
+	gup = gup_test_open();
+	if (gup < 0)
+		SKIP(return, "no gup_test in debugfs (CONFIG_GUP_TEST)");
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	pbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_NE(NULL, pbuf);
+	pat_fill(va, len, 97, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages,
+		    dev_local(variant->coherent));
+
+	ASSERT_EQ(0, pin_longterm(gup, va, len));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages, DEV_RW);
+	ASSERT_EQ(0, pin_read(gup, pbuf));
+	ASSERT_EQ(-1, pat_find_bad(pbuf, len, 97, 0));
+	pat_fill(va, len, 98, 0);
+	ASSERT_EQ(0, pin_read(gup, pbuf));
+	ASSERT_EQ(-1, pat_find_bad(pbuf, len, 98, 0));
+	ASSERT_EQ(0, ioctl(gup, PIN_LONGTERM_TEST_STOP));
+	free(pbuf);
+	free(dbuf);
+	close(gup);
 	ASSERT_EQ(0, munmap(va, len));
 }
 

@@ -1,0 +1,929 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Moving anonymous memory between system RAM and device memory.
+ *
+ * A migration runs in three calls so that the driver can do the copy
+ * with its own engine in between:
+ *
+ *  setup     collect the source pages of a virtual range (or of a set of
+ *            device pfns), lock them, replace every CPU mapping of them
+ *            with a migration entry and make sure nobody else holds them.
+ *            From then on their contents are stable and the driver copies.
+ *  pages     point the struct page state (anon_vma, index, flags, memcg)
+ *            at the destinations the driver filled in, and populate empty
+ *            page-table slots with destinations directly.
+ *  finalize  turn migration entries into mappings of the destination (or
+ *            back into mappings of the source where migration failed) and
+ *            release whichever side lost.
+ *
+ * Entries of the src/dst arrays use the migrate_pfn() encoding. An entry
+ * in src with MIGRATE_PFN_MIGRATE and no page is an empty slot of an
+ * anonymous mapping that the driver may fill with a fresh page.
+ *
+ * Only anonymous, order-0 folios move. Large folios are split during
+ * collection; a folio that cannot be split, locked or unmapped, or that
+ * has extra references (GUP pins), stays where it is and its entry comes
+ * back without MIGRATE_PFN_MIGRATE. Callers treat every entry as
+ * best-effort and check the flag after each step.
+ */
+#include <linux/export.h>
+#include <linux/memcontrol.h>
+#include <linux/memremap.h>
+#include <linux/migrate.h>
+#include <linux/mm.h>
+#include <linux/mm_inline.h>
+#include <linux/mmu_notifier.h>
+#include <linux/oom.h>
+#include <linux/pagewalk.h>
+#include <linux/rmap.h>
+#include <linux/swap.h>
+#include <linux/swapops.h>
+#include <linux/userfaultfd_k.h>
+#include <asm/tlbflush.h>
+#include "internal.h"
+
+/*
+ * PTEs detached under one page-table lock before a single TLB flush.
+ * Sharing an anon-exclusive page must follow the flush (a GUP-fast pin
+ * taken through a stale TLB entry is only visible afterwards), so the
+ * detached PTEs are kept here until then.
+ */
+#define MDEV_BATCH	16
+
+struct mdev_detached {
+	pte_t old;		/* the PTE as it was before ptep_get_and_clear() */
+	unsigned long idx;	/* index into migrate_vma.src */
+};
+
+struct mdev_batch {
+	struct mdev_detached ent[MDEV_BATCH];
+	unsigned int nr;
+	bool flush;		/* a present PTE was cleared */
+};
+
+static struct folio *mdev_folio(unsigned long mpfn)
+{
+	struct page *page = migrate_pfn_to_page(mpfn);
+
+	return page ? page_folio(page) : NULL;
+}
+
+static unsigned long mdev_index(const struct migrate_vma *args,
+				unsigned long addr)
+{
+	return (addr - args->start) >> PAGE_SHIFT;
+}
+
+/* Does the caller's selection cover this page? */
+static bool mdev_page_selected(const struct migrate_vma *args,
+			       struct page *page)
+{
+	if (is_device_private_page(page))
+		return (args->flags & MIGRATE_VMA_SELECT_DEVICE_PRIVATE) &&
+		       page->pgmap->owner == args->pgmap_owner;
+	if (is_device_coherent_page(page))
+		return (args->flags & MIGRATE_VMA_SELECT_DEVICE_COHERENT) &&
+		       page->pgmap->owner == args->pgmap_owner;
+	if (is_zone_device_page(page))
+		return false;
+	return args->flags & MIGRATE_VMA_SELECT_SYSTEM;
+}
+
+/* An empty slot: anonymous mappings let the driver populate it. */
+static void mdev_mark_empty(struct migrate_vma *args, unsigned long idx)
+{
+	if (!vma_is_anonymous(args->vma))
+		return;
+	args->src[idx] = MIGRATE_PFN_MIGRATE;
+	args->cpages++;
+}
+
+static int mdev_collect_hole(unsigned long start, unsigned long end,
+			     __always_unused int depth, struct mm_walk *walk)
+{
+	struct migrate_vma *args = walk->private;
+	unsigned long addr;
+
+	for (addr = start; addr < end; addr += PAGE_SIZE)
+		mdev_mark_empty(args, mdev_index(args, addr));
+	return 0;
+}
+
+/*
+ * Build the migration entry replacing @old, a present PTE or a
+ * device-private entry of @page, keeping what the PTE knew about the
+ * page: writability, exclusivity, young/dirty, soft-dirty and uffd-wp.
+ */
+static pte_t mdev_migration_pte(struct page *page, pte_t old, bool exclusive)
+{
+	bool write, young = false, dirty = false, soft_dirty, uffd_wp;
+	pgoff_t pfn = page_to_pfn(page);
+	swp_entry_t entry;
+	pte_t pte;
+
+	if (pte_present(old)) {
+		write = pte_write(old);
+		young = pte_young(old);
+		dirty = pte_dirty(old);
+		soft_dirty = pte_soft_dirty(old);
+		uffd_wp = pte_uffd_wp(old);
+	} else {
+		write = is_writable_device_private_entry(pte_to_swp_entry(old));
+		soft_dirty = pte_swp_soft_dirty(old);
+		uffd_wp = pte_swp_uffd_wp(old);
+	}
+
+	if (write)
+		entry = make_writable_migration_entry(pfn);
+	else if (exclusive)
+		entry = make_readable_exclusive_migration_entry(pfn);
+	else
+		entry = make_readable_migration_entry(pfn);
+	if (young)
+		entry = make_migration_entry_young(entry);
+	if (dirty)
+		entry = make_migration_entry_dirty(entry);
+
+	pte = swp_entry_to_pte(entry);
+	if (soft_dirty)
+		pte = pte_swp_mksoft_dirty(pte);
+	if (uffd_wp)
+		pte = pte_swp_mkuffd_wp(pte);
+	return pte;
+}
+
+/*
+ * Second half of detaching one page, after the batch's TLB flush: give up
+ * anon exclusivity (fails only if the page may be pinned, in which case
+ * the old PTE goes back), then leave a migration entry in the PTE and drop
+ * the mapping's rmap and reference. The collection reference stays.
+ */
+static void mdev_install_migration_entry(struct migrate_vma *args,
+					 pte_t *ptep, unsigned long addr,
+					 const struct mdev_detached *d)
+{
+	struct vm_area_struct *vma = args->vma;
+	struct page *page = migrate_pfn_to_page(args->src[d->idx]);
+	struct folio *folio = page_folio(page);
+	bool exclusive = PageAnonExclusive(page);
+
+	if (exclusive && folio_try_share_anon_rmap_pte(folio, page)) {
+		set_pte_at(vma->vm_mm, addr, ptep, d->old);
+		args->src[d->idx] = 0;
+		args->cpages--;
+		folio_unlock(folio);
+		folio_put(folio);
+		return;
+	}
+
+	if (pte_present(d->old) && pte_dirty(d->old))
+		folio_mark_dirty(folio);
+	set_pte_at(vma->vm_mm, addr, ptep,
+		   mdev_migration_pte(page, d->old, exclusive));
+	folio_remove_rmap_pte(folio, page, vma);
+	folio_put(folio);
+}
+
+/*
+ * Look at one PTE under the page-table lock. Empty slots and the shared
+ * zero page become empty entries (the zero page holds no data, and
+ * dropping it here means populating the slot later needs no flush).
+ * A selected small anonymous folio is referenced, locked and its PTE
+ * cleared into @batch. Returns false, with a reference on *@large, when a
+ * large folio must be split before collection can go on at @addr.
+ */
+static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
+			    unsigned long addr, struct mdev_batch *batch,
+			    struct folio *unsplittable, struct folio **large)
+{
+	struct vm_area_struct *vma = args->vma;
+	unsigned long idx = mdev_index(args, addr);
+	pte_t pte = ptep_get(ptep);
+	struct folio *folio;
+	struct page *page;
+	bool write;
+
+	if (pte_none(pte)) {
+		mdev_mark_empty(args, idx);
+		return true;
+	}
+
+	if (pte_present(pte)) {
+		if (is_zero_pfn(pte_pfn(pte))) {
+			if ((args->flags & MIGRATE_VMA_SELECT_SYSTEM) &&
+			    vma_is_anonymous(vma)) {
+				ptep_get_and_clear(vma->vm_mm, addr, ptep);
+				batch->flush = true;
+				mdev_mark_empty(args, idx);
+			}
+			return true;
+		}
+		page = vm_normal_page(vma, addr, pte);
+		write = pte_write(pte);
+	} else {
+		swp_entry_t entry = pte_to_swp_entry(pte);
+
+		if (!is_device_private_entry(entry))
+			return true;
+		page = pfn_swap_entry_to_page(entry);
+		write = is_writable_device_private_entry(entry);
+	}
+	if (!page || !mdev_page_selected(args, page))
+		return true;
+
+	folio = page_folio(page);
+	if (!folio_test_anon(folio) || folio_test_ksm(folio))
+		return true;
+	if (folio_test_large(folio)) {
+		if (folio == unsplittable)
+			return true;
+		folio_get(folio);
+		*large = folio;
+		return false;
+	}
+
+	folio_get(folio);
+	if (!folio_trylock(folio)) {
+		folio_put(folio);
+		return true;
+	}
+
+	batch->ent[batch->nr].old = ptep_get_and_clear(vma->vm_mm, addr, ptep);
+	batch->ent[batch->nr].idx = idx;
+	batch->nr++;
+	if (pte_present(pte))
+		batch->flush = true;
+	args->src[idx] = migrate_pfn(page_to_pfn(page)) | MIGRATE_PFN_MIGRATE |
+			 (write ? MIGRATE_PFN_WRITE : 0);
+	args->cpages++;
+	return true;
+}
+
+/*
+ * Collect up to MDEV_BATCH pages of one page table starting at @addr,
+ * with one TLB flush for all of them. Returns where to continue. If the
+ * page table went away under us the rest of the PMD is left alone:
+ * entries already collected must never be looked at twice.
+ */
+static unsigned long mdev_collect_batch(struct migrate_vma *args,
+					pmd_t *pmdp, unsigned long addr,
+					unsigned long end,
+					struct folio *unsplittable,
+					struct folio **large)
+{
+	struct vm_area_struct *vma = args->vma;
+	struct mdev_batch batch = { .nr = 0, .flush = false };
+	unsigned long first = addr;
+	pte_t *base, *ptep;
+	spinlock_t *ptl;
+	unsigned int i;
+
+	base = pte_offset_map_lock(vma->vm_mm, pmdp, addr, &ptl);
+	if (!base)
+		return end;
+
+	arch_enter_lazy_mmu_mode();
+	for (ptep = base; addr < end && batch.nr < MDEV_BATCH;
+	     addr += PAGE_SIZE, ptep++) {
+		if (!mdev_detach_pte(args, ptep, addr, &batch, unsplittable,
+				     large))
+			break;
+	}
+	arch_leave_lazy_mmu_mode();
+
+	if (batch.flush)
+		flush_tlb_range(vma, first, addr);
+	for (i = 0; i < batch.nr; i++) {
+		unsigned long a = args->start + (batch.ent[i].idx << PAGE_SHIFT);
+
+		mdev_install_migration_entry(args,
+					     base + ((a - first) >> PAGE_SHIFT),
+					     a, &batch.ent[i]);
+	}
+	pte_unmap_unlock(base, ptl);
+	return addr;
+}
+
+/* Split a large anonymous folio met while collecting; drops our reference. */
+static bool mdev_split_folio(struct folio *folio)
+{
+	int ret = -EAGAIN;
+
+	if (folio_trylock(folio)) {
+		ret = split_folio(folio);
+		folio_unlock(folio);
+	}
+	folio_put(folio);
+	return !ret;
+}
+
+/*
+ * A PMD maps a huge page: split it so that its pages can be collected one
+ * by one. Returns true if the PMD should be looked at again, false if its
+ * range is to be skipped.
+ */
+static bool mdev_split_huge_pmd(struct migrate_vma *args, pmd_t *pmdp,
+				unsigned long addr)
+{
+	struct vm_area_struct *vma = args->vma;
+	struct folio *folio;
+	spinlock_t *ptl;
+	pmd_t pmd;
+
+	ptl = pmd_lock(vma->vm_mm, pmdp);
+	pmd = pmdp_get(pmdp);
+	if (!pmd_trans_huge(pmd)) {
+		spin_unlock(ptl);
+		return !is_swap_pmd(pmd);
+	}
+	if (!(args->flags & MIGRATE_VMA_SELECT_SYSTEM)) {
+		spin_unlock(ptl);
+		return false;
+	}
+	if (is_huge_zero_pmd(pmd)) {
+		spin_unlock(ptl);
+		split_huge_pmd(vma, pmdp, addr);
+		return true;
+	}
+	folio = pmd_folio(pmd);
+	if (!folio_test_anon(folio)) {
+		spin_unlock(ptl);
+		return false;
+	}
+	folio_get(folio);
+	spin_unlock(ptl);
+	return mdev_split_folio(folio);
+}
+
+static int mdev_collect_pmd(pmd_t *pmdp, unsigned long start,
+			    unsigned long end, struct mm_walk *walk)
+{
+	struct migrate_vma *args = walk->private;
+	struct folio *unsplittable = NULL;
+	unsigned long addr = start;
+	unsigned int tries = 0;
+	pmd_t pmd;
+
+	for (;;) {
+		pmd = pmdp_get_lockless(pmdp);
+		if (pmd_none(pmd))
+			return mdev_collect_hole(start, end, 0, walk);
+		if (!pmd_trans_huge(pmd) && !is_swap_pmd(pmd))
+			break;
+		if (++tries > 3 || !mdev_split_huge_pmd(args, pmdp, start))
+			return 0;
+	}
+
+	/* A page table holds at most PTRS_PER_PTE folios to split. */
+	for (tries = 0; addr < end && tries <= PTRS_PER_PTE; tries++) {
+		struct folio *large = NULL;
+
+		addr = mdev_collect_batch(args, pmdp, addr, end, unsplittable,
+					  &large);
+		if (large && !mdev_split_folio(large))
+			unsplittable = large;
+	}
+	return 0;
+}
+
+static const struct mm_walk_ops mdev_collect_ops = {
+	.pmd_entry	= mdev_collect_pmd,
+	.pte_hole	= mdev_collect_hole,
+	.walk_lock	= PGWALK_RDLOCK,
+};
+
+/*
+ * Walk the range inside one MMU_NOTIFY_MIGRATE invalidation so that
+ * mirrors drop what they hold; the caller's own mirror recognises its
+ * pgmap_owner and can skip the work.
+ */
+static void mdev_collect(struct migrate_vma *args)
+{
+	struct mmu_notifier_range range;
+
+	mmu_notifier_range_init_owner(&range, MMU_NOTIFY_MIGRATE, 0,
+				      args->vma->vm_mm, args->start, args->end,
+				      args->pgmap_owner);
+	mmu_notifier_invalidate_range_start(&range);
+	walk_page_range_vma(args->vma, args->start, args->end,
+			    &mdev_collect_ops, args);
+	mmu_notifier_invalidate_range_end(&range);
+	args->npages = mdev_index(args, args->end);
+}
+
+/*
+ * System folios leave the LRU while they migrate; folios still in a CPU's
+ * LRU batch are not on it yet, so drain every CPU once if needed. The
+ * collection reference becomes the isolation reference.
+ */
+static bool mdev_isolate_lru(struct folio *folio, bool *drained)
+{
+	if (!folio_test_lru(folio) && !*drained) {
+		lru_add_drain_all();
+		*drained = true;
+	}
+	if (!folio_isolate_lru(folio))
+		return false;
+	folio_put(folio);
+	return true;
+}
+
+/*
+ * Undo collection of one source whose migration will not happen: map it
+ * back wherever it was unmapped, unlock it and give it back.
+ */
+static void mdev_release_source(struct folio *folio, bool isolated)
+{
+	remove_migration_ptes(folio, folio, 0);
+	folio_unlock(folio);
+	if (isolated)
+		folio_putback_lru(folio);
+	else
+		folio_put(folio);
+}
+
+/*
+ * Finish collection: take system folios off the LRU, unmap whatever
+ * mappings the walk did not see (other processes after fork, or all of
+ * them for migrate_device_range()), and refuse folios that someone else
+ * still references, such as a GUP pin. Refused entries are released and
+ * zeroed. Returns how many entries still migrate.
+ */
+static unsigned long mdev_unmap(unsigned long *src, unsigned long npages,
+				struct page *fault_page)
+{
+	unsigned long i, nr = 0;
+	bool drained = false;
+
+	lru_add_drain();
+	for (i = 0; i < npages; i++) {
+		struct folio *folio = mdev_folio(src[i]);
+		bool isolated = false;
+		int extra;
+
+		if (!folio) {
+			nr += !!(src[i] & MIGRATE_PFN_MIGRATE);
+			continue;
+		}
+
+		if (!folio_is_zone_device(folio)) {
+			isolated = mdev_isolate_lru(folio, &drained);
+			if (!isolated)
+				goto refuse;
+		}
+		if (folio_mapped(folio))
+			try_to_migrate(folio, 0);
+		if (folio_mapped(folio))
+			goto refuse;
+		/* Ours, the fault path's, and those the swap cache holds. */
+		extra = 1 + (fault_page && folio == page_folio(fault_page));
+		if (folio_ref_count(folio) != extra + folio_expected_ref_count(folio))
+			goto refuse;
+		nr++;
+		continue;
+refuse:
+		mdev_release_source(folio, isolated);
+		src[i] = 0;
+	}
+	return nr;
+}
+
+/**
+ * migrate_vma_setup() - collect and unmap the pages of a range for migration
+ * @args: the range, the selection and the arrays (see struct migrate_vma)
+ *
+ * Fills @args->src for every page of [@args->start, @args->end): pages the
+ * selection in @args->flags covers (system memory, or device memory whose
+ * pgmap owner is @args->pgmap_owner) are locked, unmapped from every
+ * process and marked MIGRATE_PFN_MIGRATE, with MIGRATE_PFN_WRITE if the
+ * mapping was writable. Empty slots of an anonymous mapping are marked
+ * MIGRATE_PFN_MIGRATE with no page: the driver may populate them. Other
+ * entries are 0. @args->dst is cleared; @args->cpages counts the entries
+ * marked for migration and @args->npages is the number of entries.
+ *
+ * The driver then allocates and locks a destination page for each entry
+ * it wants, copies the data, stores migrate_pfn() of the destination in
+ * @args->dst and calls migrate_vma_pages() and migrate_vma_finalize().
+ * Set @args->fault_page when called from dev_pagemap_ops.migrate_to_ram:
+ * the fault path's reference on that page is then expected.
+ *
+ * Context: Process context, may sleep. The caller holds mmap_lock of the
+ * vma's mm (read is enough) until migrate_vma_finalize() returns.
+ * Return: 0 on success, even if no page could be collected (check
+ * @args->cpages and each entry); -EINVAL if the vma is missing, hugetlb,
+ * DAX or VM_IO/VM_PFNMAP/VM_MIXEDMAP, if the range is empty or not
+ * inside the vma, if an array is missing, or if @args->fault_page is not
+ * a device-private page.
+ */
+int migrate_vma_setup(struct migrate_vma *args)
+{
+	struct vm_area_struct *vma = args->vma;
+	unsigned long nr;
+
+	args->start &= PAGE_MASK;
+	args->end &= PAGE_MASK;
+	if (!vma || is_vm_hugetlb_page(vma) || (vma->vm_flags & VM_SPECIAL) ||
+	    vma_is_dax(vma))
+		return -EINVAL;
+	if (args->start >= args->end || args->start < vma->vm_start ||
+	    args->end > vma->vm_end)
+		return -EINVAL;
+	if (!args->src || !args->dst)
+		return -EINVAL;
+	if (args->fault_page && !is_device_private_page(args->fault_page))
+		return -EINVAL;
+	mmap_assert_locked(vma->vm_mm);
+
+	nr = mdev_index(args, args->end);
+	memset(args->src, 0, nr * sizeof(*args->src));
+	memset(args->dst, 0, nr * sizeof(*args->dst));
+	args->cpages = 0;
+	args->npages = 0;
+
+	mdev_collect(args);
+	if (args->cpages)
+		args->cpages = mdev_unmap(args->src, nr, args->fault_page);
+	return 0;
+}
+EXPORT_SYMBOL(migrate_vma_setup);
+
+/* Walk to the PMD of @addr, allocating the levels above it. */
+static pmd_t *mdev_pmd_alloc(struct mm_struct *mm, unsigned long addr)
+{
+	pgd_t *pgd = pgd_offset(mm, addr);
+	p4d_t *p4d;
+	pud_t *pud;
+
+	p4d = p4d_alloc(mm, pgd, addr);
+	if (!p4d)
+		return NULL;
+	pud = pud_alloc(mm, p4d, addr);
+	if (!pud)
+		return NULL;
+	return pmd_alloc(mm, pud, addr);
+}
+
+static pte_t mdev_new_pte(struct vm_area_struct *vma, struct page *page)
+{
+	bool write = vma->vm_flags & VM_WRITE;
+	swp_entry_t entry;
+	pte_t pte;
+
+	if (is_device_private_page(page)) {
+		entry = write ? make_writable_device_private_entry(page_to_pfn(page)) :
+				make_readable_device_private_entry(page_to_pfn(page));
+		return swp_entry_to_pte(entry);
+	}
+	pte = mk_pte(page, vma->vm_page_prot);
+	if (write)
+		pte = pte_mkwrite(pte_mkdirty(pte), vma);
+	return pte;
+}
+
+/*
+ * Map @page, new and locked, at the empty slot @addr: the equivalent of
+ * an anonymous write fault that is handed its page. Fails if the slot was
+ * filled meanwhile or the mm is going away.
+ */
+static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
+			     struct page *page)
+{
+	struct vm_area_struct *vma = args->vma;
+	struct mm_struct *mm = vma->vm_mm;
+	struct folio *folio = page_folio(page);
+	bool inserted = false;
+	spinlock_t *ptl;
+	pmd_t *pmdp;
+	pte_t *ptep;
+
+	if (!vma_is_anonymous(vma) || userfaultfd_missing(vma))
+		return false;
+	if (folio_test_large(folio) || folio_mapped(folio))
+		return false;
+	if (is_zone_device_page(page) && !is_device_private_page(page) &&
+	    !is_device_coherent_page(page))
+		return false;
+	pmdp = mdev_pmd_alloc(mm, addr);
+	if (!pmdp || pmd_trans_huge(pmdp_get_lockless(pmdp)))
+		return false;
+	if (pte_alloc(mm, pmdp) || anon_vma_prepare(vma))
+		return false;
+	if (mem_cgroup_charge(folio, mm, GFP_KERNEL))
+		return false;
+	/* The driver's copy must be visible before the PTE is. */
+	__folio_mark_uptodate(folio);
+
+	ptep = pte_offset_map_lock(mm, pmdp, addr, &ptl);
+	if (!ptep)
+		return false;
+	if (!check_stable_address_space(mm) && pte_none(ptep_get(ptep))) {
+		inc_mm_counter(mm, MM_ANONPAGES);
+		folio_add_new_anon_rmap(folio, vma, addr, RMAP_EXCLUSIVE);
+		if (!folio_is_zone_device(folio))
+			folio_add_lru_vma(folio, vma);
+		folio_get(folio);
+		set_pte_at(mm, addr, ptep, mdev_new_pte(vma, page));
+		update_mmu_cache(vma, addr, ptep);
+		inserted = true;
+	}
+	pte_unmap_unlock(ptep, ptl);
+	return inserted;
+}
+
+/*
+ * Populate the empty slots the driver gave a destination. Filling an
+ * empty slot changes what a mirror would read there, so it runs inside
+ * its own MMU_NOTIFY_MIGRATE invalidation.
+ */
+static void mdev_populate(struct migrate_vma *args)
+{
+	unsigned long i, first = ULONG_MAX, last = 0;
+	struct mmu_notifier_range range;
+
+	for (i = 0; i < args->npages; i++) {
+		if (migrate_pfn_to_page(args->src[i]) ||
+		    !(args->src[i] & MIGRATE_PFN_MIGRATE))
+			continue;
+		if (!migrate_pfn_to_page(args->dst[i])) {
+			args->src[i] &= ~MIGRATE_PFN_MIGRATE;
+			continue;
+		}
+		first = min(first, i);
+		last = i;
+	}
+	if (first == ULONG_MAX)
+		return;
+
+	mmu_notifier_range_init_owner(&range, MMU_NOTIFY_MIGRATE, 0,
+				      args->vma->vm_mm,
+				      args->start + (first << PAGE_SHIFT),
+				      args->start + ((last + 1) << PAGE_SHIFT),
+				      args->pgmap_owner);
+	mmu_notifier_invalidate_range_start(&range);
+	for (i = first; i <= last; i++) {
+		struct page *page = migrate_pfn_to_page(args->dst[i]);
+
+		if (migrate_pfn_to_page(args->src[i]) ||
+		    !(args->src[i] & MIGRATE_PFN_MIGRATE))
+			continue;
+		if (!mdev_insert_page(args, args->start + (i << PAGE_SHIFT),
+				      page))
+			args->src[i] &= ~MIGRATE_PFN_MIGRATE;
+	}
+	mmu_notifier_invalidate_range_end(&range);
+}
+
+/*
+ * Device memory only takes anonymous folios that are not in the swap
+ * cache: a device-private page cannot be looked up through a mapping.
+ * Other ZONE_DEVICE kinds (fsdax, p2pdma) are never destinations.
+ */
+static bool mdev_destination_ok(struct folio *src, struct folio *dst)
+{
+	if (folio_is_device_private(dst) || folio_is_device_coherent(dst))
+		return !folio_mapping(src);
+	return !folio_is_zone_device(dst);
+}
+
+/*
+ * Move the struct page state of each migrating source to its destination.
+ * This is the point of no return for an entry: after it, finalize maps
+ * the destination. Entries without destination, or whose source gained a
+ * reference since setup, lose MIGRATE_PFN_MIGRATE.
+ */
+static void mdev_commit(unsigned long *src, unsigned long *dst,
+			unsigned long npages, struct page *fault_page)
+{
+	unsigned long i;
+
+	for (i = 0; i < npages; i++) {
+		struct folio *sfolio = mdev_folio(src[i]);
+		struct folio *dfolio = mdev_folio(dst[i]);
+		int extra;
+
+		if (!sfolio || !(src[i] & MIGRATE_PFN_MIGRATE))
+			continue;
+		if (!dfolio || !mdev_destination_ok(sfolio, dfolio))
+			goto keep;
+		extra = fault_page && sfolio == page_folio(fault_page);
+		if (folio_migrate_mapping(folio_mapping(sfolio), dfolio, sfolio,
+					  extra) != MIGRATEPAGE_SUCCESS)
+			goto keep;
+		folio_migrate_flags(dfolio, sfolio);
+		continue;
+keep:
+		src[i] &= ~MIGRATE_PFN_MIGRATE;
+	}
+}
+
+/**
+ * migrate_vma_pages() - commit the migration of the collected pages
+ * @migrate: as filled by migrate_vma_setup() plus the driver's @dst
+ *
+ * For each entry with MIGRATE_PFN_MIGRATE and a destination in @dst, moves
+ * the page's state (anon rmap, flags, memcg charge) to the destination,
+ * or maps the destination in an empty slot. Entries that cannot migrate
+ * lose MIGRATE_PFN_MIGRATE; the driver must check it before treating the
+ * copy as the page. The CPU mappings change only in migrate_vma_finalize().
+ *
+ * Context: Process context, may sleep; mmap_lock held as for
+ * migrate_vma_setup().
+ */
+void migrate_vma_pages(struct migrate_vma *migrate)
+{
+	mmap_assert_locked(migrate->vma->vm_mm);
+	mdev_populate(migrate);
+	mdev_commit(migrate->src, migrate->dst, migrate->npages,
+		    migrate->fault_page);
+}
+EXPORT_SYMBOL(migrate_vma_pages);
+
+/*
+ * Map the winner of each entry and release the loser: the destination
+ * where the entry still migrates, else the source again. Destinations
+ * that did not become the page are unlocked and freed by the last put.
+ */
+static void mdev_finish(unsigned long *src, unsigned long *dst,
+			unsigned long npages)
+{
+	unsigned long i;
+
+	for (i = 0; i < npages; i++) {
+		struct folio *sfolio = mdev_folio(src[i]);
+		struct folio *dfolio = mdev_folio(dst[i]);
+		bool moved = dfolio && (src[i] & MIGRATE_PFN_MIGRATE);
+
+		if (dfolio && (!sfolio || !moved)) {
+			/* Unused, or mapped directly into an empty slot. */
+			folio_unlock(dfolio);
+			folio_put(dfolio);
+		}
+		if (!sfolio)
+			continue;
+
+		remove_migration_ptes(sfolio, moved ? dfolio : sfolio, 0);
+		folio_unlock(sfolio);
+		if (moved || folio_is_zone_device(sfolio))
+			folio_put(sfolio);
+		else
+			folio_putback_lru(sfolio);
+
+		if (moved) {
+			folio_unlock(dfolio);
+			if (!folio_is_zone_device(dfolio))
+				folio_add_lru(dfolio);
+			folio_put(dfolio);
+		}
+	}
+}
+
+/**
+ * migrate_vma_finalize() - restore CPU mappings after migration
+ * @migrate: as passed to migrate_vma_pages()
+ *
+ * Replaces the migration entries left by migrate_vma_setup(): with the
+ * destination page for entries that migrated, with the original page for
+ * the others. Unlocks and releases every page the migration held; the
+ * driver must not touch @migrate->src or @migrate->dst pages afterwards
+ * without its own reference.
+ *
+ * Context: Process context, may sleep; mmap_lock held as for
+ * migrate_vma_setup().
+ */
+void migrate_vma_finalize(struct migrate_vma *migrate)
+{
+	mdev_finish(migrate->src, migrate->dst, migrate->npages);
+}
+EXPORT_SYMBOL(migrate_vma_finalize);
+
+/* Reference and lock the folio at @pfn for a device-side migration. */
+static unsigned long mdev_grab_pfn(unsigned long pfn)
+{
+	struct folio *folio = folio_get_nontail_page(pfn_to_page(pfn));
+
+	if (!folio)
+		return 0;
+	if (!folio_trylock(folio)) {
+		folio_put(folio);
+		return 0;
+	}
+	return migrate_pfn(pfn) | MIGRATE_PFN_MIGRATE;
+}
+
+/**
+ * migrate_device_range() - collect a range of device pages for eviction
+ * @src_pfns: array of @npages entries, filled like migrate_vma.src
+ * @start: first pfn of the range
+ * @npages: number of pfns
+ *
+ * The device-side counterpart of migrate_vma_setup(), for a driver that
+ * must empty its memory (unload, memory pressure on the device) without
+ * knowing which processes map it. Every allocated page of the range is
+ * locked and unmapped from all processes; free pages and pages that
+ * cannot be taken get entry 0. Continue with migrate_device_pages() and
+ * migrate_device_finalize().
+ *
+ * Context: Process context, may sleep; takes the rmap locks of the
+ * processes mapping the pages. No mmap_lock needed.
+ * Return: 0.
+ */
+int migrate_device_range(unsigned long *src_pfns, unsigned long start,
+			 unsigned long npages)
+{
+	unsigned long i;
+
+	for (i = 0; i < npages; i++)
+		src_pfns[i] = mdev_grab_pfn(start + i);
+	mdev_unmap(src_pfns, npages, NULL);
+	return 0;
+}
+EXPORT_SYMBOL(migrate_device_range);
+
+/**
+ * migrate_device_pfns() - collect a set of device pages for eviction
+ * @src_pfns: on entry, @npages raw pfns; on return, filled like
+ *	      migrate_vma.src
+ * @npages: number of entries
+ *
+ * Like migrate_device_range() for pages that are not contiguous, such as
+ * the pages a driver's allocator knows to be in use.
+ *
+ * Context: Process context, may sleep; as migrate_device_range().
+ * Return: 0.
+ */
+int migrate_device_pfns(unsigned long *src_pfns, unsigned long npages)
+{
+	unsigned long i;
+
+	for (i = 0; i < npages; i++)
+		src_pfns[i] = mdev_grab_pfn(src_pfns[i]);
+	mdev_unmap(src_pfns, npages, NULL);
+	return 0;
+}
+EXPORT_SYMBOL(migrate_device_pfns);
+
+/**
+ * migrate_device_pages() - commit a device-side migration
+ * @src_pfns: as filled by migrate_device_range() or migrate_device_pfns()
+ * @dst_pfns: the destinations the driver allocated, locked and copied to
+ * @npages: number of entries
+ *
+ * As migrate_vma_pages() for entries that all have a source page.
+ *
+ * Context: Process context, may sleep.
+ */
+void migrate_device_pages(unsigned long *src_pfns, unsigned long *dst_pfns,
+			  unsigned long npages)
+{
+	mdev_commit(src_pfns, dst_pfns, npages, NULL);
+}
+EXPORT_SYMBOL(migrate_device_pages);
+
+/**
+ * migrate_device_finalize() - restore mappings after a device-side migration
+ * @src_pfns: as passed to migrate_device_pages()
+ * @dst_pfns: as passed to migrate_device_pages()
+ * @npages: number of entries
+ *
+ * As migrate_vma_finalize().
+ *
+ * Context: Process context, may sleep.
+ */
+void migrate_device_finalize(unsigned long *src_pfns, unsigned long *dst_pfns,
+			     unsigned long npages)
+{
+	mdev_finish(src_pfns, dst_pfns, npages);
+}
+EXPORT_SYMBOL(migrate_device_finalize);
+
+/*
+ * GUP calls this before a long-term pin of a device-coherent folio: the
+ * device may reclaim its memory, so the pinned copy must live in system
+ * RAM. The caller's reference is consumed whatever happens. Returns 0 if
+ * the folio moved, -EBUSY if it could not be unmapped or copied.
+ */
+int migrate_device_coherent_folio(struct folio *folio)
+{
+	unsigned long src, dst = 0;
+	struct folio *dfolio;
+
+	if (WARN_ON_ONCE(folio_test_large(folio))) {
+		folio_put(folio);
+		return -EBUSY;
+	}
+
+	folio_lock(folio);
+	src = migrate_pfn(folio_pfn(folio)) | MIGRATE_PFN_MIGRATE;
+	if (!mdev_unmap(&src, 1, NULL))
+		return -EBUSY;
+
+	dfolio = folio_alloc(GFP_USER | __GFP_NOWARN, 0);
+	if (dfolio) {
+		folio_lock(dfolio);
+		folio_copy(dfolio, folio);
+		dst = migrate_pfn(folio_pfn(dfolio));
+	}
+	mdev_commit(&src, &dst, 1, NULL);
+	mdev_finish(&src, &dst, 1);
+	return (src & MIGRATE_PFN_MIGRATE) ? 0 : -EBUSY;
+}
