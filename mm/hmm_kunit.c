@@ -1421,3 +1421,117 @@ kunit_test_suite(mdev_test_suite);
 
 MODULE_DESCRIPTION("KUnit tests for hmm_range_fault(), hmm_mirror and device migration");
 MODULE_LICENSE("GPL");
+
+/* ---------------------------------------------------------------------
+ * Device locks (mm/hmm_devlock.c): accounting and refusals that need no
+ * device memory.  The SIGBUS, fork and release paths are covered with
+ * real device-private pages by the hmm-tests selftests.
+ */
+#ifdef CONFIG_DEVICE_PRIVATE
+
+#include <linux/cred.h>
+
+MODULE_IMPORT_NS(EXPORTED_FOR_KUNIT_TESTING);
+
+/* Run the rest of the case without CAP_IPC_LOCK, which lifts the limit. */
+static const struct cred *hk_drop_ipc_lock(struct kunit *test)
+{
+	struct cred *cred = prepare_creds();
+
+	KUNIT_ASSERT_NOT_NULL(test, cred);
+	cap_lower(cred->cap_effective, CAP_IPC_LOCK);
+	return override_creds(cred);
+}
+
+static void hk_restore_creds(const struct cred *old)
+{
+	const struct cred *cred = current_cred();
+
+	revert_creds(old);
+	put_cred(cred);
+}
+
+static void hmm_devlock_test_charge_limit(struct kunit *test)
+{
+	struct mm_struct *mm;
+	const struct cred *old;
+	s64 base;
+
+	hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	KUNIT_ASSERT_NOT_NULL(test, mm);
+	base = atomic64_read(&mm->pinned_vm);
+
+	old = hk_drop_ipc_lock(test);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_charge(mm, 4, base + 4), 0);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base + 4);
+	/* Over the limit: refused, and nothing is left charged. */
+	KUNIT_EXPECT_EQ(test, hmm_devlock_charge(mm, 1, base + 4), -ENOMEM);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base + 4);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_charge(mm, 0, 0), 0);
+	hmm_devlock_uncharge(mm, 4);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base);
+	hk_restore_creds(old);
+
+	/* CAP_IPC_LOCK lifts the limit, as for mlock() and RDMA. */
+	KUNIT_EXPECT_EQ(test, hmm_devlock_charge(mm, 8, base), 0);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base + 8);
+	hmm_devlock_uncharge(mm, 8);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base);
+}
+
+/* System memory cannot be locked to a device; nothing gets charged. */
+static void hmm_devlock_test_refusals(struct kunit *test)
+{
+	static int owner;
+	unsigned long addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	struct mm_struct *mm = current->mm;
+	struct page *page;
+	s64 base;
+
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 21), 0);
+	base = atomic64_read(&mm->pinned_vm);
+
+	mmap_read_lock(mm);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_range(mm, addr, addr + HK_SIZE,
+						&owner), -EFAULT);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_range(mm, addr, addr + HK_SIZE,
+						NULL), -EINVAL);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_range(mm, addr + 1, addr + HK_SIZE,
+						&owner), -EINVAL);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_range(mm, addr, addr, &owner),
+			-EINVAL);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_range(mm, addr + HK_SIZE,
+						addr + 2 * HK_SIZE, &owner),
+			-EFAULT);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_unlock_range(mm, addr,
+						       addr + HK_SIZE, &owner),
+			0);
+	mmap_read_unlock(mm);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base);
+
+	/* An ordinary page is never reported locked; freeing it is a no-op. */
+	mmap_read_lock(mm);
+	KUNIT_ASSERT_EQ(test, get_user_pages(addr, 1, FOLL_WRITE, &page), 1);
+	mmap_read_unlock(mm);
+	KUNIT_EXPECT_FALSE(test, hmm_devlock_page_locked(page));
+	hmm_devlock_page_free(page);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base);
+	KUNIT_EXPECT_TRUE(test, hk_check_page(page, addr, 21));
+	put_page(page);
+}
+
+static struct kunit_case hmm_devlock_test_cases[] = {
+	KUNIT_CASE(hmm_devlock_test_charge_limit),
+	KUNIT_CASE(hmm_devlock_test_refusals),
+	{}
+};
+
+static struct kunit_suite hmm_devlock_test_suite = {
+	.name = "hmm_devlock",
+	.test_cases = hmm_devlock_test_cases,
+};
+
+kunit_test_suite(hmm_devlock_test_suite);
+
+#endif /* CONFIG_DEVICE_PRIVATE */
