@@ -2,10 +2,9 @@
 # SPDX-License-Identifier: GPL-2.0
 # Compile the in-tree users of our API (not link or boot them): the test
 # kernel's config plus configs/compat/*.config, built in $OUT/compat, and
-# only the objects below. powerpc's book3s_hv_uvmem.c needs a powerpc
-# cross compiler, which Debian's archive has but this harness does not
-# install; it uses only the migrate_vma API and is checked by the headers
-# it shares with kfd_migrate.o and nouveau_dmem.o.
+# only the objects below; and powerpc's KVM ultravisor driver, the one
+# user of the migrate_vma API outside x86, with Debian's powerpc cross
+# compiler in a powernv_defconfig build of its own.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -35,6 +34,29 @@ kfd_compile() {
 
 kmake() { kmake_in "$CBUILD" "$@"; }
 
+PPCBUILD=$OUT/compat-powerpc
+PPC_OBJECT=arch/powerpc/kvm/book3s_hv_uvmem.o
+
+# Runs in a subshell: ARCH and CROSS_COMPILE must not leak into the rest.
+compat_powerpc() (
+	export ARCH=powerpc CROSS_COMPILE=powerpc64le-linux-gnu-
+
+	command -v "${CROSS_COMPILE}gcc" >/dev/null ||
+		die "${CROSS_COMPILE}gcc missing (package gcc-powerpc64le-linux-gnu)"
+	step "configuring the powerpc compat kernel in $PPCBUILD"
+	mkdir -p "$PPCBUILD"
+	run_logged "$LOGS/compat-powerpc-defconfig.log" "powernv_defconfig" \
+		kmake_in "$PPCBUILD" powernv_defconfig
+	run_logged "$LOGS/compat-powerpc-merge.log" "merge_config.sh" \
+		"$LINUX/scripts/kconfig/merge_config.sh" -m -O "$PPCBUILD" \
+		"$PPCBUILD/.config" "$HARNESS"/configs/compat-powerpc/*.config
+	kconfig_sync "$PPCBUILD" compat-powerpc "$HARNESS"/configs/compat-powerpc/*.config
+	run_logged "$LOGS/compat-powerpc.log" "compiling $PPC_OBJECT" \
+		kmake_in "$PPCBUILD" -j"$JOBS" "$PPC_OBJECT"
+	[ -f "$PPCBUILD/$PPC_OBJECT" ] || die "$PPC_OBJECT was not built"
+	info "ok  $PPC_OBJECT (powerpc)"
+)
+
 step "configuring the compat kernel in $CBUILD"
 kconfig_make "$CBUILD" compat "$HARNESS"/configs/*.config "$HARNESS"/configs/compat/*.config
 step "compiling the in-tree users of the HMM API"
@@ -48,3 +70,4 @@ for o in $OBJECTS; do
 	[ -f "$CBUILD/$o" ] || die "$o was not built"
 	info "ok  $o"
 done
+compat_powerpc

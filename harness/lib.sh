@@ -76,12 +76,13 @@ run_logged() {
 	fi
 }
 
-# kmake_in DIR ARGS...: make in the patched tree with O=DIR, through ccache.
+# kmake_in DIR ARGS...: make in the patched tree with O=DIR, through ccache
+# (for the architecture in $ARCH and $CROSS_COMPILE, if set).
 kmake_in() {
 	local dir=$1
 
 	shift
-	make -C "$LINUX" O="$dir" CC="ccache gcc" HOSTCC="ccache gcc" "$@"
+	make -C "$LINUX" O="$dir" CC="ccache ${CROSS_COMPILE:-}gcc" HOSTCC="ccache gcc" "$@"
 }
 
 # kconfig_make DIR NAME FRAGMENT...: tinyconfig plus the fragments in DIR,

@@ -1,6 +1,7 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# Check the machine and install what the harness needs from Debian's archive.
+# Check the machine and install what the harness needs from Debian's archive
+# (plus any packages named as arguments).
 # Idempotent: does nothing when every package is already there.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -9,6 +10,9 @@ PACKAGES="linux-source-6.12 qemu-system-x86 busybox-static gcc make flex bison
 bc libelf-dev libssl-dev cpio ccache dwarves xz-utils git python3 perl kmod
 python3-ply python3-git
 rsync gzip"
+
+# Extra packages a command needs beyond the common set, as arguments.
+PACKAGES="$PACKAGES $*"
 
 missing_packages() {
 	local p

@@ -1290,50 +1290,9 @@ static unsigned long dmirror_pt_map_exclusive(struct dmirror *dmirror,
 	return mapped;
 }
 
-/*
- * make_device_exclusive_range() of 6.12 handles small folios only: it
- * splits a PMD mapping of a THP, then skips every tail page of it.  Split
- * the anonymous THPs of [start, end) beforehand with what a driver has
- * for that: a migration that collects the pages, which splits PMD-mapped
- * THPs, and then moves none of them, so each page is mapped back as it
- * was.  The device page tables stay valid: no page changed.  Best effort:
- * whatever is left large makes the caller fail with -EBUSY.
- */
-static void dmirror_exclusive_split(struct dmirror *dmirror,
-				    unsigned long start, unsigned long end,
-				    unsigned long *pfns)
-{
-	struct mm_struct *mm = dmirror->mirror.mm;
-	unsigned long npages = (end - start) >> PAGE_SHIFT;
-	struct migrate_vma args;
-	struct vm_area_struct *vma;
-	unsigned long addr;
-
-	mmap_assert_locked(mm);
-
-	for (addr = start; addr < end; addr = args.end) {
-		vma = vma_lookup(mm, addr);
-		if (!vma)
-			return;
-		memset(&args, 0, sizeof(args));
-		args.vma = vma;
-		args.start = addr;
-		args.end = min(end, vma->vm_end);
-		args.src = pfns;
-		args.dst = pfns + npages;
-		args.pgmap_owner = dmirror->mdev;
-		args.flags = MIGRATE_VMA_SELECT_SYSTEM;
-		if (!vma_is_anonymous(vma) || migrate_vma_setup(&args))
-			continue;
-		memset(args.dst, 0, args.npages * sizeof(*args.dst));
-		migrate_vma_pages(&args);
-		migrate_vma_finalize(&args);
-	}
-}
-
 static int dmirror_exclusive_batch(struct dmirror *dmirror,
 				   unsigned long start, unsigned long end,
-				   struct page **pages, unsigned long *pfns)
+				   struct page **pages)
 {
 	unsigned long npages = (end - start) >> PAGE_SHIFT;
 	unsigned long mapped = 0;
@@ -1345,7 +1304,6 @@ static int dmirror_exclusive_batch(struct dmirror *dmirror,
 	ret = dmirror_pt_reserve(dmirror, start, npages);
 	if (ret)
 		return ret;
-	dmirror_exclusive_split(dmirror, start, end, pfns);
 	got = make_device_exclusive_range(dmirror->mirror.mm, start, end,
 					  pages, dmirror->mdev);
 	if (got < 0)
@@ -1367,16 +1325,12 @@ static int dmirror_cmd_exclusive(struct dmirror *dmirror,
 	struct mm_struct *mm = dmirror->mirror.mm;
 	unsigned long batch = min(DMIRROR_BATCH, req->npages);
 	unsigned long addr, next;
-	unsigned long *pfns;
 	struct page **pages;
 	int ret = 0;
 
 	pages = kvmalloc_array(batch, sizeof(*pages), GFP_KERNEL);
-	pfns = kvmalloc_array(2 * batch, sizeof(*pfns), GFP_KERNEL);
-	if (!pages || !pfns) {
-		ret = -ENOMEM;
-		goto free;
-	}
+	if (!pages)
+		return -ENOMEM;
 	if (!mmget_not_zero(mm)) {
 		ret = -EINVAL;
 		goto free;
@@ -1385,15 +1339,13 @@ static int dmirror_cmd_exclusive(struct dmirror *dmirror,
 	mmap_read_lock(mm);
 	for (addr = req->start; addr < req->end; addr = next) {
 		next = min(req->end, addr + (batch << PAGE_SHIFT));
-		ret = dmirror_exclusive_batch(dmirror, addr, next, pages,
-					      pfns);
+		ret = dmirror_exclusive_batch(dmirror, addr, next, pages);
 		if (ret)
 			break;
 	}
 	mmap_read_unlock(mm);
 	mmput(mm);
 free:
-	kvfree(pfns);
 	kvfree(pages);
 	if (ret)
 		return ret;
@@ -1428,6 +1380,126 @@ static int dmirror_cmd_release(struct dmirror *dmirror,
 			       struct dmirror_req *req)
 {
 	return dmirror_devmem_release(dmirror->mdev, false);
+}
+
+/* ---------------------------------------------------------------------
+ * Locking pages to device memory (hmm_devlock_*())
+ */
+
+/*
+ * Run @fn(mm, start, end, owner) on the request's range under the mmap
+ * lock.  Locks are only meaningful for device-private memory: coherent
+ * memory is CPU addressable and never migrates back on a CPU access.
+ */
+static long dmirror_devlock_call(struct dmirror *dmirror,
+				 struct dmirror_req *req,
+				 long (*fn)(struct mm_struct *mm,
+					    unsigned long start,
+					    unsigned long end, void *owner))
+{
+	struct mm_struct *mm = dmirror->mirror.mm;
+	long ret;
+
+	if (!dmirror_is_private(dmirror->mdev))
+		return -EOPNOTSUPP;
+	if (!mmget_not_zero(mm))
+		return -EINVAL;
+	mmap_read_lock(mm);
+	ret = fn(mm, req->start, req->end, dmirror->mdev);
+	mmap_read_unlock(mm);
+	mmput(mm);
+	return ret;
+}
+
+static long dmirror_devlock_lock(struct mm_struct *mm, unsigned long start,
+				 unsigned long end, void *owner)
+{
+	return hmm_devlock_range(mm, start, end, owner);
+}
+
+static int dmirror_cmd_lock(struct dmirror *dmirror, struct dmirror_req *req)
+{
+	long ret = dmirror_devlock_call(dmirror, req, dmirror_devlock_lock);
+
+	if (ret)
+		return ret;
+	req->cpages = req->npages;
+	return 0;
+}
+
+static int dmirror_cmd_unlock(struct dmirror *dmirror,
+			      struct dmirror_req *req)
+{
+	long ret = dmirror_devlock_call(dmirror, req,
+					hmm_devlock_unlock_range);
+
+	if (ret < 0)
+		return ret;
+	req->cpages = ret;
+	return 0;
+}
+
+/*
+ * One byte per page into the user buffer: 1 if the page is in this
+ * device's memory and locked there, else 0.  Pages are found without
+ * faulting, so the query never moves anything.
+ */
+static int dmirror_cmd_lock_query(struct dmirror *dmirror,
+				  struct dmirror_req *req)
+{
+	unsigned long batch = min(DMIRROR_BATCH, req->npages);
+	struct hmm_range range = {
+		.dev_private_owner = dmirror->mdev,
+	};
+	unsigned long addr, i, n;
+	u8 *states;
+	int ret = 0;
+
+	if (!dmirror_is_private(dmirror->mdev))
+		return -EOPNOTSUPP;
+	range.hmm_pfns = kvmalloc_array(batch, sizeof(*range.hmm_pfns),
+					GFP_KERNEL);
+	states = kmalloc(batch, GFP_KERNEL);
+	if (!range.hmm_pfns || !states) {
+		ret = -ENOMEM;
+		goto out;
+	}
+
+	for (addr = req->start; addr < req->end; addr = range.end) {
+		range.start = addr;
+		range.end = min(req->end, addr + (batch << PAGE_SHIFT));
+		n = (range.end - range.start) >> PAGE_SHIFT;
+
+		ret = hmm_mirror_range_fault(&dmirror->mirror, &range,
+					     &dmirror->pt_lock);
+		if (ret)
+			break;
+		/* pt_lock held: the pages cannot be freed under us. */
+		for (i = 0; i < n; i++) {
+			unsigned long hpfn = range.hmm_pfns[i];
+			struct page *page;
+
+			states[i] = 0;
+			if (!(hpfn & HMM_PFN_VALID) || (hpfn & HMM_PFN_ERROR))
+				continue;
+			page = hmm_pfn_to_page(hpfn);
+			if (dmirror_page_is_ours(page) &&
+			    hmm_devlock_page_locked(page))
+				states[i] = 1;
+			req->faults += states[i];
+		}
+		mutex_unlock(&dmirror->pt_lock);
+
+		if (copy_to_user(req->buf + req->cpages, states, n)) {
+			ret = -EFAULT;
+			break;
+		}
+		req->cpages += n;
+	}
+out:
+	kfree(states);
+	kvfree(range.hmm_pfns);
+	return ret;
 }
 
 /* ---------------------------------------------------------------------
@@ -1783,6 +1855,12 @@ static const struct dmirror_ioctl dmirror_ioctls[] = {
 		HMM_DMIRROR_DMA_STATS, dmirror_cmd_dma_stats },
 	[_IOC_NR(HMM_DMIRROR_DMA_UNMAP)] = {
 		HMM_DMIRROR_DMA_UNMAP, dmirror_cmd_dma_unmap },
+	[_IOC_NR(HMM_DMIRROR_LOCK)] = {
+		HMM_DMIRROR_LOCK, dmirror_cmd_lock },
+	[_IOC_NR(HMM_DMIRROR_UNLOCK)] = {
+		HMM_DMIRROR_UNLOCK, dmirror_cmd_unlock },
+	[_IOC_NR(HMM_DMIRROR_LOCK_QUERY)] = {
+		HMM_DMIRROR_LOCK_QUERY, dmirror_cmd_lock_query },
 };
 
 /* Reject ranges the device cannot address before any work is done. */

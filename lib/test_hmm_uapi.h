@@ -95,6 +95,25 @@ struct hmm_dmirror_dma_stats {
 };
 
 /*
+ * Locking pages to device memory (device-private units only; the others
+ * answer EOPNOTSUPP).  A CPU access to a locked page raises SIGBUS
+ * (BUS_ADRERR, si_addr the faulting address) instead of migrating it back.
+ *
+ * HMM_DMIRROR_LOCK: every page of the range must be in this device's
+ * memory already (EFAULT otherwise); EBUSY if a page is locked by another
+ * process (a fork parent); ENOMEM past RLIMIT_MEMLOCK (locked pages count
+ * in VmPin).  All or nothing; @cpages is @npages on success.
+ * HMM_DMIRROR_UNLOCK: unlock what this process locked in the range;
+ * @cpages is the number of pages unlocked; EPERM if a page of the range is
+ * locked by another process.
+ * HMM_DMIRROR_LOCK_QUERY: one byte per page into @ptr, 1 if the page is in
+ * this device's memory and locked, else 0; @faults is the number of 1s.
+ */
+#define HMM_DMIRROR_LOCK		_IOWR('H', 0x20, struct hmm_dmirror_cmd)
+#define HMM_DMIRROR_UNLOCK		_IOWR('H', 0x21, struct hmm_dmirror_cmd)
+#define HMM_DMIRROR_LOCK_QUERY		_IOWR('H', 0x22, struct hmm_dmirror_cmd)
+
+/*
  * Page states written by HMM_DMIRROR_SNAPSHOT, one byte per page.  The low
  * bits say how the CPU may access the page, the high nibble says where the
  * page lives; the two are or'ed together.

@@ -25,6 +25,7 @@
 #include <linux/ioport.h>
 #include <linux/kthread.h>
 #include <linux/memremap.h>
+#include <linux/migrate.h>
 #include <linux/mm.h>
 #include <linux/mman.h>
 #include <linux/mmu_context.h>
@@ -1129,8 +1130,418 @@ static struct kunit_suite hmm_test_suite = {
 
 kunit_test_suite(hmm_test_suite);
 
-MODULE_DESCRIPTION("KUnit tests for hmm_range_fault() and hmm_mirror");
+/*
+ * The migration engine of mm/migrate_device.c, driven with system pages
+ * as destinations: every step a device driver relies on (collection,
+ * empty slots, pins, restore, eviction by pfn) runs without a device,
+ * and the data and the pfns the process ends up with are checked.
+ */
+#define MK_NPAGES	8
+
+/* A locked system page, as a driver hands in a destination. */
+static unsigned long mk_dst_alloc(struct kunit *test)
+{
+	struct page *page = alloc_page(GFP_HIGHUSER_MOVABLE);
+
+	KUNIT_ASSERT_NOT_NULL(test, page);
+	lock_page(page);
+	return migrate_pfn(page_to_pfn(page));
+}
+
+/* The pfns [addr, addr + npages) maps now, faulting nothing. */
+static void mk_snapshot(struct kunit *test, struct hk_notifier *hn,
+			unsigned long addr, unsigned long npages,
+			unsigned long *pfns)
+{
+	struct hmm_range range;
+	unsigned long i;
+
+	hk_range_init(&range, pfns, addr, npages, 0);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	mutex_unlock(&hn->lock);
+	for (i = 0; i < npages; i++)
+		pfns[i] = (pfns[i] & HMM_PFN_VALID) ?
+			  page_to_pfn(hmm_pfn_to_page(pfns[i])) : 0;
+}
+
+/* Bad arguments are refused before anything is touched. */
+static void mdev_test_bad_args(struct kunit *test)
+{
+	unsigned long src[MK_NPAGES], dst[MK_NPAGES], addr;
+	struct page *sys_page;
+	struct migrate_vma args;
+	struct mm_struct *mm;
+
+	addr = hk_map(test, MK_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	sys_page = alloc_page(GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, sys_page);
+
+	mmap_read_lock(mm);
+	memset(&args, 0, sizeof(args));
+	args.vma = vma_lookup(mm, addr);
+	args.src = src;
+	args.dst = dst;
+	args.flags = MIGRATE_VMA_SELECT_SYSTEM;
+
+	args.start = addr;
+	args.end = addr;
+	KUNIT_EXPECT_EQ_MSG(test, migrate_vma_setup(&args), -EINVAL, "empty");
+	args.end = addr + (MK_NPAGES + 1) * PAGE_SIZE;
+	KUNIT_EXPECT_EQ_MSG(test, migrate_vma_setup(&args), -EINVAL,
+			    "beyond the vma");
+	args.start = addr - PAGE_SIZE;
+	args.end = addr + PAGE_SIZE;
+	KUNIT_EXPECT_EQ_MSG(test, migrate_vma_setup(&args), -EINVAL,
+			    "before the vma");
+	args.start = addr;
+	args.src = NULL;
+	KUNIT_EXPECT_EQ_MSG(test, migrate_vma_setup(&args), -EINVAL, "no src");
+	args.src = src;
+	args.fault_page = sys_page;
+	KUNIT_EXPECT_EQ_MSG(test, migrate_vma_setup(&args), -EINVAL,
+			    "fault_page in system memory");
+	args.fault_page = NULL;
+	args.vma = NULL;
+	KUNIT_EXPECT_EQ_MSG(test, migrate_vma_setup(&args), -EINVAL, "no vma");
+	mmap_read_unlock(mm);
+	__free_page(sys_page);
+}
+
+/*
+ * Written pages, zero-page mappings and never-touched slots all migrate:
+ * written pages carry their data over, the other two are empty slots the
+ * destination fills. The process then maps exactly the destinations.
+ */
+static void mdev_test_system_round_trip(struct kunit *test)
+{
+	unsigned long src[MK_NPAGES], dst[MK_NPAGES], now[MK_NPAGES];
+	const unsigned long written = 4, zero = 2;
+	struct migrate_vma args = { 0 };
+	unsigned long addr, i;
+	struct hk_notifier *hn;
+	struct mm_struct *mm;
+	u64 word;
+
+	addr = hk_map(test, MK_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	hn = hk_notifier_add(test, addr, MK_NPAGES * PAGE_SIZE);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, written * PAGE_SIZE, 21), 0);
+	for (i = written; i < written + zero; i++) {
+		KUNIT_ASSERT_EQ(test, get_user(word, (u64 __user *)
+					       (addr + i * PAGE_SIZE)), 0);
+		KUNIT_ASSERT_EQ(test, word, 0ULL);
+	}
+
+	mmap_read_lock(mm);
+	args.vma = vma_lookup(mm, addr);
+	args.start = addr;
+	args.end = addr + MK_NPAGES * PAGE_SIZE;
+	args.src = src;
+	args.dst = dst;
+	args.flags = MIGRATE_VMA_SELECT_SYSTEM;
+	KUNIT_ASSERT_EQ(test, migrate_vma_setup(&args), 0);
+	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)MK_NPAGES);
+	KUNIT_EXPECT_GE(test, atomic_read(&hn->invalidations), 1);
+	for (i = 0; i < MK_NPAGES; i++) {
+		struct page *spage = migrate_pfn_to_page(src[i]);
+
+		KUNIT_EXPECT_TRUE_MSG(test, src[i] & MIGRATE_PFN_MIGRATE,
+				      "page %lu", i);
+		KUNIT_EXPECT_EQ_MSG(test, !!spage, i < written, "page %lu", i);
+		dst[i] = mk_dst_alloc(test);
+		if (spage)
+			copy_highpage(migrate_pfn_to_page(dst[i]), spage);
+		else
+			hk_fill_page(migrate_pfn_to_page(dst[i]),
+				     addr + i * PAGE_SIZE, 22);
+	}
+	migrate_vma_pages(&args);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_TRUE_MSG(test, src[i] & MIGRATE_PFN_MIGRATE,
+				      "page %lu", i);
+	migrate_vma_finalize(&args);
+	mmap_read_unlock(mm);
+
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr, written * PAGE_SIZE, 21), 0);
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr + written * PAGE_SIZE,
+					    (MK_NPAGES - written) * PAGE_SIZE,
+					    22), 0);
+	mk_snapshot(test, hn, addr, MK_NPAGES, now);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_EQ_MSG(test, now[i], dst[i] >> MIGRATE_PFN_SHIFT,
+				    "page %lu", i);
+}
+
+/*
+ * Without destinations nothing moves: every page is mapped again where it
+ * was, with its data, and the empty slots stay empty.
+ */
+static void mdev_test_restore_without_dst(struct kunit *test)
+{
+	unsigned long src[MK_NPAGES], dst[MK_NPAGES];
+	unsigned long before[MK_NPAGES], after[MK_NPAGES];
+	const unsigned long written = 6;
+	struct migrate_vma args = { 0 };
+	struct hk_notifier *hn;
+	struct mm_struct *mm;
+	unsigned long addr, i;
+
+	addr = hk_map(test, MK_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	hn = hk_notifier_add(test, addr, MK_NPAGES * PAGE_SIZE);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, written * PAGE_SIZE, 23), 0);
+	mk_snapshot(test, hn, addr, MK_NPAGES, before);
+
+	mmap_read_lock(mm);
+	args.vma = vma_lookup(mm, addr);
+	args.start = addr;
+	args.end = addr + MK_NPAGES * PAGE_SIZE;
+	args.src = src;
+	args.dst = dst;
+	args.flags = MIGRATE_VMA_SELECT_SYSTEM;
+	KUNIT_ASSERT_EQ(test, migrate_vma_setup(&args), 0);
+	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)MK_NPAGES);
+	migrate_vma_pages(&args);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_FALSE_MSG(test, src[i] & MIGRATE_PFN_MIGRATE,
+				       "page %lu", i);
+	migrate_vma_finalize(&args);
+	mmap_read_unlock(mm);
+
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr, written * PAGE_SIZE, 23), 0);
+	mk_snapshot(test, hn, addr, MK_NPAGES, after);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_EQ_MSG(test, after[i], before[i], "page %lu", i);
+}
+
+/*
+ * A pinned page is left out at setup and stays mapped: a store through
+ * the pin is what the process reads. Its neighbours migrate.
+ */
+static void mdev_test_pinned_page_stays(struct kunit *test)
+{
+	unsigned long src[MK_NPAGES], dst[MK_NPAGES], now[MK_NPAGES];
+	const unsigned long pinned_idx = 3;
+	struct migrate_vma args = { 0 };
+	struct hk_notifier *hn;
+	struct mm_struct *mm;
+	struct page *pinned;
+	unsigned long addr, i;
+
+	addr = hk_map(test, MK_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	hn = hk_notifier_add(test, addr, MK_NPAGES * PAGE_SIZE);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, MK_NPAGES * PAGE_SIZE, 24), 0);
+	KUNIT_ASSERT_EQ(test, pin_user_pages_fast(addr + pinned_idx * PAGE_SIZE,
+						  1, FOLL_WRITE, &pinned), 1);
+
+	mmap_read_lock(mm);
+	args.vma = vma_lookup(mm, addr);
+	args.start = addr;
+	args.end = addr + MK_NPAGES * PAGE_SIZE;
+	args.src = src;
+	args.dst = dst;
+	args.flags = MIGRATE_VMA_SELECT_SYSTEM;
+	KUNIT_ASSERT_EQ(test, migrate_vma_setup(&args), 0);
+	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)MK_NPAGES - 1);
+	KUNIT_EXPECT_EQ(test, src[pinned_idx], 0UL);
+	for (i = 0; i < MK_NPAGES; i++) {
+		if (!migrate_pfn_to_page(src[i]))
+			continue;
+		dst[i] = mk_dst_alloc(test);
+		copy_highpage(migrate_pfn_to_page(dst[i]),
+			      migrate_pfn_to_page(src[i]));
+	}
+	migrate_vma_pages(&args);
+	migrate_vma_finalize(&args);
+	mmap_read_unlock(mm);
+
+	hk_fill_page(pinned, addr + pinned_idx * PAGE_SIZE, 25);
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr + pinned_idx * PAGE_SIZE,
+					    PAGE_SIZE, 25), 0);
+	unpin_user_page(pinned);
+	mk_snapshot(test, hn, addr, MK_NPAGES, now);
+	for (i = 0; i < MK_NPAGES; i++) {
+		if (i == pinned_idx)
+			continue;
+		KUNIT_EXPECT_EQ_MSG(test, now[i], dst[i] >> MIGRATE_PFN_SHIFT,
+				    "page %lu", i);
+		KUNIT_EXPECT_EQ(test, hk_user_check(addr + i * PAGE_SIZE,
+						    PAGE_SIZE, 24), 0);
+	}
+}
+
+/*
+ * Eviction by pfn finds the pages through the reverse map, without the
+ * mmap lock, and the process maps the replacements afterwards.
+ */
+static void mdev_test_device_pfns(struct kunit *test)
+{
+	unsigned long src[MK_NPAGES], dst[MK_NPAGES], now[MK_NPAGES];
+	struct hk_notifier *hn;
+	unsigned long addr, i;
+
+	addr = hk_map(test, MK_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	hn = hk_notifier_add(test, addr, MK_NPAGES * PAGE_SIZE);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, MK_NPAGES * PAGE_SIZE, 26), 0);
+	mk_snapshot(test, hn, addr, MK_NPAGES, src);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_ASSERT_NE(test, src[i], 0UL);
+
+	KUNIT_ASSERT_EQ(test, migrate_device_pfns(src, MK_NPAGES), 0);
+	for (i = 0; i < MK_NPAGES; i++) {
+		KUNIT_EXPECT_TRUE_MSG(test, src[i] & MIGRATE_PFN_MIGRATE,
+				      "page %lu", i);
+		dst[i] = 0;
+		if (!migrate_pfn_to_page(src[i]))
+			continue;
+		dst[i] = mk_dst_alloc(test);
+		copy_highpage(migrate_pfn_to_page(dst[i]),
+			      migrate_pfn_to_page(src[i]));
+	}
+	migrate_device_pages(src, dst, MK_NPAGES);
+	migrate_device_finalize(src, dst, MK_NPAGES);
+
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr, MK_NPAGES * PAGE_SIZE, 26), 0);
+	mk_snapshot(test, hn, addr, MK_NPAGES, now);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_EQ_MSG(test, now[i], dst[i] >> MIGRATE_PFN_SHIFT,
+				    "page %lu", i);
+}
+
+static struct kunit_case mdev_test_cases[] = {
+	KUNIT_CASE(mdev_test_bad_args),
+	KUNIT_CASE(mdev_test_system_round_trip),
+	KUNIT_CASE(mdev_test_restore_without_dst),
+	KUNIT_CASE(mdev_test_pinned_page_stays),
+	KUNIT_CASE(mdev_test_device_pfns),
+	{}
+};
+
+static struct kunit_suite mdev_test_suite = {
+	.name = "migrate_device",
+	.test_cases = mdev_test_cases,
+};
+
+kunit_test_suite(mdev_test_suite);
+
+MODULE_DESCRIPTION("KUnit tests for hmm_range_fault(), hmm_mirror and device migration");
 MODULE_LICENSE("GPL");
+
+/* ---------------------------------------------------------------------
+ * Device locks (mm/hmm_devlock.c): accounting and refusals that need no
+ * device memory.  The SIGBUS, fork and release paths are covered with
+ * real device-private pages by the hmm-tests selftests.
+ */
+#ifdef CONFIG_DEVICE_PRIVATE
+
+#include <linux/cred.h>
+
+MODULE_IMPORT_NS(EXPORTED_FOR_KUNIT_TESTING);
+
+/* Run the rest of the case without CAP_IPC_LOCK, which lifts the limit. */
+static const struct cred *hk_drop_ipc_lock(struct kunit *test)
+{
+	struct cred *cred = prepare_creds();
+
+	KUNIT_ASSERT_NOT_NULL(test, cred);
+	cap_lower(cred->cap_effective, CAP_IPC_LOCK);
+	return override_creds(cred);
+}
+
+static void hk_restore_creds(const struct cred *old)
+{
+	const struct cred *cred = current_cred();
+
+	revert_creds(old);
+	put_cred(cred);
+}
+
+static void hmm_devlock_test_charge_limit(struct kunit *test)
+{
+	struct mm_struct *mm;
+	const struct cred *old;
+	s64 base;
+
+	hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	KUNIT_ASSERT_NOT_NULL(test, mm);
+	base = atomic64_read(&mm->pinned_vm);
+
+	old = hk_drop_ipc_lock(test);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_charge(mm, 4, base + 4), 0);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base + 4);
+	/* Over the limit: refused, and nothing is left charged. */
+	KUNIT_EXPECT_EQ(test, hmm_devlock_charge(mm, 1, base + 4), -ENOMEM);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base + 4);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_charge(mm, 0, 0), 0);
+	hmm_devlock_uncharge(mm, 4);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base);
+	hk_restore_creds(old);
+
+	/* CAP_IPC_LOCK lifts the limit, as for mlock() and RDMA. */
+	KUNIT_EXPECT_EQ(test, hmm_devlock_charge(mm, 8, base), 0);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base + 8);
+	hmm_devlock_uncharge(mm, 8);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base);
+}
+
+/* System memory cannot be locked to a device; nothing gets charged. */
+static void hmm_devlock_test_refusals(struct kunit *test)
+{
+	static int owner;
+	unsigned long addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	struct mm_struct *mm = current->mm;
+	struct page *page;
+	s64 base;
+
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 21), 0);
+	base = atomic64_read(&mm->pinned_vm);
+
+	mmap_read_lock(mm);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_range(mm, addr, addr + HK_SIZE,
+						&owner), -EFAULT);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_range(mm, addr, addr + HK_SIZE,
+						NULL), -EINVAL);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_range(mm, addr + 1, addr + HK_SIZE,
+						&owner), -EINVAL);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_range(mm, addr, addr, &owner),
+			-EINVAL);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_range(mm, addr + HK_SIZE,
+						addr + 2 * HK_SIZE, &owner),
+			-EFAULT);
+	KUNIT_EXPECT_EQ(test, hmm_devlock_unlock_range(mm, addr,
+						       addr + HK_SIZE, &owner),
+			0);
+	mmap_read_unlock(mm);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base);
+
+	/* An ordinary page is never reported locked; freeing it is a no-op. */
+	mmap_read_lock(mm);
+	KUNIT_ASSERT_EQ(test, get_user_pages(addr, 1, FOLL_WRITE, &page), 1);
+	mmap_read_unlock(mm);
+	KUNIT_EXPECT_FALSE(test, hmm_devlock_page_locked(page));
+	hmm_devlock_page_free(page);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base);
+	KUNIT_EXPECT_TRUE(test, hk_check_page(page, addr, 21));
+	put_page(page);
+}
+
+static struct kunit_case hmm_devlock_test_cases[] = {
+	KUNIT_CASE(hmm_devlock_test_charge_limit),
+	KUNIT_CASE(hmm_devlock_test_refusals),
+	{}
+};
+
+static struct kunit_suite hmm_devlock_test_suite = {
+	.name = "hmm_devlock",
+	.test_cases = hmm_devlock_test_cases,
+};
+
+kunit_test_suite(hmm_devlock_test_suite);
+
+#endif /* CONFIG_DEVICE_PRIVATE */
 
 /* ---------------------------------------------------------------------
  * hmm_dma: DMA mappings of mirrored pages (include/linux/hmm-dma.h).
@@ -1140,6 +1551,7 @@ MODULE_LICENSE("GPL");
  * the page itself with dma-direct, a bounce slot under swiotlb=force, so
  * the data checks below hold only if mapping and syncing are right.
  */
+
 /*
  * A driver-like mirror whose invalidation unmaps the DMA entries.  While a
  * case holds hn.lock it only uses KUNIT_EXPECT_*(): an assertion would end

@@ -225,4 +225,45 @@ hmm_mirror_notifier(struct hmm_mirror *mirror)
 	return &mirror->interval;
 }
 
+/*
+ * Locking device-private pages to their device (mm/hmm_devlock.c): a CPU
+ * access to a locked page gets SIGBUS instead of migrating it back.
+ */
+#ifdef CONFIG_DEVICE_PRIVATE
+int hmm_devlock_range(struct mm_struct *mm, unsigned long start,
+		      unsigned long end, void *owner);
+long hmm_devlock_unlock_range(struct mm_struct *mm, unsigned long start,
+			      unsigned long end, void *owner);
+bool hmm_devlock_page_locked(const struct page *page);
+void hmm_devlock_page_free(struct page *page);
+#else
+static inline int hmm_devlock_range(struct mm_struct *mm, unsigned long start,
+				    unsigned long end, void *owner)
+{
+	return -EFAULT;
+}
+
+static inline long hmm_devlock_unlock_range(struct mm_struct *mm,
+					    unsigned long start,
+					    unsigned long end, void *owner)
+{
+	return 0;
+}
+
+static inline bool hmm_devlock_page_locked(const struct page *page)
+{
+	return false;
+}
+
+static inline void hmm_devlock_page_free(struct page *page)
+{
+}
+#endif /* CONFIG_DEVICE_PRIVATE */
+
+#if IS_ENABLED(CONFIG_KUNIT)
+int hmm_devlock_charge(struct mm_struct *mm, unsigned long npages,
+		       unsigned long limit);
+void hmm_devlock_uncharge(struct mm_struct *mm, unsigned long npages);
+#endif
+
 #endif /* _LINUX_HMM_H */

@@ -35,6 +35,7 @@
 
 #include "../kselftest_harness.h"
 #include <lib/test_hmm_uapi.h>
+#include <mm/gup_test.h>
 
 #define SZ_1M		(1024UL * 1024)
 #define SZ_1G		(1024 * SZ_1M)
@@ -2380,6 +2381,1118 @@ TEST_F_TIMEOUT(dmirror_big, whole_buffer_migration, 900)
 					   off + self->psz));
 	}
 	ASSERT_EQ(0, munmap(va, len));
+}
+
+/* ---------------------------------------------------------------------
+ * The migration engine: device pages under mprotect and mremap, and
+ * pages that a long-term pin keeps where they are.
+ */
+
+/*
+ * mprotect() of pages in device memory downgrades the device entries
+ * themselves: the device loses write access and keeps reading the data,
+ * and after the range is writable again a CPU store reaches the device.
+ */
+TEST_F(dmirror, device_pages_mprotect)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	unsigned char local = dev_local(variant->coherent);
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 91, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages, local);
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages,
+		    (local & ~DEV_RW) | DEV_RO);
+	pat_fill(dbuf, len, 92, 0);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				      npages, &cmd));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 91, 0));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 91, 0));
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ | PROT_WRITE));
+	pat_fill(va, len, 93, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 93, 0));
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+}
+
+/*
+ * mremap() moves the device entries with the rest of the page table:
+ * the pages stay in device memory at the new address, nothing remains
+ * at the old one, and the data comes home intact from the new address.
+ */
+TEST_F(dmirror, device_pages_mremap)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	unsigned char local = dev_local(variant->coherent);
+	struct hmm_dmirror_cmd cmd;
+	char *va, *to, *moved, *dbuf;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	to = anon_map(len, PROT_NONE, true);
+	ASSERT_NE(NULL, va);
+	ASSERT_NE(NULL, to);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 94, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+
+	moved = mremap(va, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+	ASSERT_EQ(to, moved);
+	expect_snap(_metadata, self->fd, moved, npages, 0, npages, local);
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				       npages, &cmd));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, moved, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 94, 0));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, moved,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(moved, len, 94, 0));
+	free(dbuf);
+	ASSERT_EQ(0, munmap(moved, len));
+}
+
+static int gup_test_open(void)
+{
+	return open("/sys/kernel/debug/gup_test", O_RDWR | O_CLOEXEC);
+}
+
+/* Long-term pin [@va, @va + @len) for writing through gup_test. */
+static int pin_longterm(int gup, char *va, size_t len)
+{
+	struct pin_longterm_test pin = {
+		.addr = (uintptr_t)va,
+		.size = len,
+		.flags = PIN_LONGTERM_TEST_FLAG_USE_WRITE,
+	};
+
+	return ioctl(gup, PIN_LONGTERM_TEST_START, &pin) ? -errno : 0;
+}
+
+/* What the pinned pages hold, read through the pins into @buf. */
+static int pin_read(int gup, void *buf)
+{
+	__u64 addr = (uintptr_t)buf;
+
+	return ioctl(gup, PIN_LONGTERM_TEST_READ, &addr) ? -errno : 0;
+}
+
+/*
+ * Migration leaves long-term pinned pages alone: the pin holder keeps
+ * using the page it pinned, so moving the data away would split it in
+ * two. Exactly the pinned pages stay in system memory, a CPU store to
+ * them is still what the pin sees, and once unpinned they move too.
+ */
+TEST_F(dmirror, migrate_skips_pinned_pages)
+{
+	const unsigned long npages = 16, first = 4, npinned = 4;
+	size_t psz = self->psz, len = npages * psz;
+	unsigned char local = dev_local(variant->coherent);
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf, *pbuf;
+	int gup;
+
+	gup = gup_test_open();
+	if (gup < 0)
+		SKIP(return, "no gup_test in debugfs (CONFIG_GUP_TEST)");
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	pbuf = malloc(npinned * psz);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_NE(NULL, pbuf);
+	pat_fill(va, len, 95, 0);
+	ASSERT_EQ(0, pin_longterm(gup, va + first * psz, npinned * psz));
+
+	/* The device does not hold every page: ENOENT, as for any miss. */
+	ASSERT_EQ(-ENOENT, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				       va, dbuf, npages, &cmd));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 95, 0));
+	expect_snap(_metadata, self->fd, va, npages, 0, first, local);
+	expect_snap(_metadata, self->fd, va, npages, first, first + npinned,
+		    DEV_RW);
+	expect_snap(_metadata, self->fd, va, npages, first + npinned, npages,
+		    local);
+
+	pat_fill(va + first * psz, npinned * psz, 96, first * psz);
+	ASSERT_EQ(0, pin_read(gup, pbuf));
+	ASSERT_EQ(-1, pat_find_bad(pbuf, npinned * psz, 96, first * psz));
+
+	ASSERT_EQ(0, ioctl(gup, PIN_LONGTERM_TEST_STOP));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages, local);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, first * psz, 95, 0));
+	ASSERT_EQ(-1, pat_find_bad(va + first * psz, npinned * psz, 96,
+				   first * psz));
+	ASSERT_EQ(-1, pat_find_bad(va + (first + npinned) * psz,
+				   (npages - first - npinned) * psz, 95,
+				   (first + npinned) * psz));
+	free(pbuf);
+	free(dbuf);
+	close(gup);
+	ASSERT_EQ(0, munmap(va, len));
+}
+
+/*
+ * A long-term pin never holds device memory: device-private pages fault
+ * back to system memory and device-coherent pages are migrated out
+ * before the pin is taken. The pin sees the data, and later CPU stores.
+ */
+TEST_F(dmirror, longterm_pin_leaves_device_memory)
+{
+	const unsigned long npages = 8;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf, *pbuf;
+	int gup;
+
+	gup = gup_test_open();
+	if (gup < 0)
+		SKIP(return, "no gup_test in debugfs (CONFIG_GUP_TEST)");
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	pbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_NE(NULL, pbuf);
+	pat_fill(va, len, 97, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages,
+		    dev_local(variant->coherent));
+
+	ASSERT_EQ(0, pin_longterm(gup, va, len));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages, DEV_RW);
+	ASSERT_EQ(0, pin_read(gup, pbuf));
+	ASSERT_EQ(-1, pat_find_bad(pbuf, len, 97, 0));
+	pat_fill(va, len, 98, 0);
+	ASSERT_EQ(0, pin_read(gup, pbuf));
+	ASSERT_EQ(-1, pat_find_bad(pbuf, len, 98, 0));
+	ASSERT_EQ(0, ioctl(gup, PIN_LONGTERM_TEST_STOP));
+	free(pbuf);
+	free(dbuf);
+	close(gup);
+	ASSERT_EQ(0, munmap(va, len));
+}
+
+/* ---------------------------------------------------------------------
+ * Locking pages to device memory: HMM_DMIRROR_LOCK, UNLOCK, LOCK_QUERY.
+ * Only device-private memory can be locked, so these cases use units 0
+ * and 1 whatever the variant of the fixture above.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <linux/capability.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+
+/* Set by the handler, read after siglongjmp(): plain globals suffice. */
+static sigjmp_buf cpu_touch_env;
+static sig_atomic_t cpu_touch_sig;
+static sig_atomic_t cpu_touch_code;
+static void *cpu_touch_addr;
+
+static void cpu_touch_handler(int sig, siginfo_t *si, void *uc)
+{
+	cpu_touch_sig = sig;
+	cpu_touch_code = si->si_code;
+	cpu_touch_addr = si->si_addr;
+	siglongjmp(cpu_touch_env, 1);
+}
+
+/*
+ * Load the word at @p into *@val, or store *@val there, with a SIGBUS
+ * handler installed. Returns the signal raised (si_code and si_addr in
+ * cpu_touch_code/cpu_touch_addr), or 0 if the access went through.
+ */
+static int cpu_touch(__u64 *p, bool write, __u64 *val)
+{
+	struct sigaction sa, old;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = cpu_touch_handler;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, &old))
+		return -1;
+	cpu_touch_sig = 0;
+	cpu_touch_code = 0;
+	cpu_touch_addr = NULL;
+	if (!sigsetjmp(cpu_touch_env, 1)) {
+		/* Atomic accesses: the compiler may not drop or merge them. */
+		if (write)
+			__atomic_store_n(p, *val, __ATOMIC_RELAXED);
+		else
+			*val = __atomic_load_n(p, __ATOMIC_RELAXED);
+	}
+	sigaction(SIGBUS, &old, NULL);
+	return cpu_touch_sig;
+}
+
+/* Does a load from @p raise SIGBUS with BUS_ADRERR at exactly @p? */
+static bool cpu_read_sigbus(void *p)
+{
+	__u64 v = 0;
+
+	return cpu_touch(p, false, &v) == SIGBUS &&
+	       cpu_touch_code == BUS_ADRERR && cpu_touch_addr == p;
+}
+
+static bool cpu_write_sigbus(void *p)
+{
+	__u64 v = 0xdeadbeefcafef00dULL;
+
+	return cpu_touch(p, true, &v) == SIGBUS &&
+	       cpu_touch_code == BUS_ADRERR && cpu_touch_addr == p;
+}
+
+/* VmPin of this process in kB (locked device pages count there), or -1. */
+static long vmpin_kb(void)
+{
+	char line[128];
+	long val = -1;
+	FILE *f;
+
+	f = fopen("/proc/self/status", "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (!strncmp(line, "VmPin:", 6)) {
+			val = strtol(line + 6, NULL, 10);
+			break;
+		}
+	}
+	fclose(f);
+	return val;
+}
+
+/* Pages of [va, va + npages) that LOCK_QUERY reports locked, or -errno. */
+static long locked_pages(int fd, void *va, unsigned long npages)
+{
+	struct hmm_dmirror_cmd cmd;
+	unsigned char *st;
+	unsigned long i;
+	long n = 0;
+	int ret;
+
+	st = malloc(npages);
+	if (!st)
+		return -ENOMEM;
+	ret = dmirror_req(fd, HMM_DMIRROR_LOCK_QUERY, va, st, npages, &cmd);
+	for (i = 0; !ret && i < npages; i++)
+		n += st[i] == 1;
+	if (!ret && (cmd.cpages != npages || cmd.faults != (__u64)n))
+		ret = -EPROTO;
+	free(st);
+	return ret ? ret : n;
+}
+
+/* Map @npages of pattern @seed and move them into @fd's device memory. */
+static char *devlock_map_migrated(int fd, unsigned long npages,
+				  size_t psz, __u32 seed)
+{
+	struct hmm_dmirror_cmd cmd;
+	size_t len = npages * psz;
+	char *va, *dbuf;
+	int ret;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	if (!va)
+		return NULL;
+	dbuf = malloc(len);
+	if (!dbuf)
+		return NULL;
+	pat_fill(va, len, seed, 0);
+	ret = dmirror_req(fd, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf, npages,
+			  &cmd);
+	if (ret || cmd.cpages != npages ||
+	    pat_find_bad(dbuf, len, seed, 0) != -1) {
+		free(dbuf);
+		munmap(va, len);
+		return NULL;
+	}
+	free(dbuf);
+	return va;
+}
+
+FIXTURE(devlock) {
+	int fd;
+	int peer_fd;
+	size_t psz;
+};
+
+FIXTURE_SETUP(devlock)
+{
+	self->psz = sysconf(_SC_PAGESIZE);
+	self->fd = dmirror_open(0);
+	if (self->fd < 0 && errno == ENOENT)
+		SKIP(return, "/dev/hmm_dmirror0 absent (test_hmm not loaded)");
+	ASSERT_LE(0, self->fd);
+	self->peer_fd = dmirror_open(1);
+	ASSERT_LE(0, self->peer_fd);
+}
+
+FIXTURE_TEARDOWN(devlock)
+{
+	close(self->peer_fd);
+	close(self->fd);
+}
+
+/*
+ * A locked page stays in device memory: CPU loads and stores get SIGBUS
+ * at the faulting address, the device keeps working on the data, and
+ * after UNLOCK a CPU access migrates the page back with the device's data.
+ */
+TEST_F(devlock, cpu_access_gets_sigbus)
+{
+	const unsigned long npages = 16;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	long pin0 = vmpin_kb();
+	char *va, *dbuf;
+	unsigned long i;
+
+	ASSERT_LE(0, pin0);
+	va = devlock_map_migrated(self->fd, npages, psz, 101);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, locked_pages(self->fd, va, npages));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_LOCK, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(npages, locked_pages(self->fd, va, npages));
+	ASSERT_EQ(pin0 + (long)(len >> 10), vmpin_kb());
+
+	/* Locking again is a no-op and charges nothing more. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_LOCK, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(pin0 + (long)(len >> 10), vmpin_kb());
+
+	for (i = 0; i < npages; i += 5) {
+		ASSERT_TRUE(cpu_read_sigbus(va + i * psz + 8));
+		ASSERT_TRUE(cpu_write_sigbus(va + i * psz + psz - 8));
+	}
+	expect_snap(_metadata, self->fd, va, npages, 0, npages,
+		    HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | DEV_RW);
+
+	/* The device still reads and writes its memory. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 101, 0));
+	pat_fill(dbuf, len, 102, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+
+	/* Part of the range: the rest stays locked. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_UNLOCK, va, NULL, 4,
+				 &cmd));
+	ASSERT_EQ(4, cmd.cpages);
+	ASSERT_EQ(npages - 4, locked_pages(self->fd, va, npages));
+	ASSERT_EQ(-1, pat_find_bad(va, 4 * psz, 102, 0));
+	ASSERT_TRUE(cpu_read_sigbus(va + 4 * psz));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_UNLOCK, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(npages - 4, cmd.cpages);
+	ASSERT_EQ(pin0, vmpin_kb());
+	ASSERT_EQ(0, locked_pages(self->fd, va, npages));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 102, 0));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages, DEV_RW);
+	free(dbuf);
+	munmap(va, len);
+}
+
+/*
+ * Only pages already in the caller's device memory can be locked, and a
+ * refused request locks nothing. A second device can neither lock,
+ * migrate nor read the pages.
+ */
+TEST_F(devlock, refused_requests)
+{
+	const unsigned long npages = 16;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	long pin0 = vmpin_kb();
+	char *va, *sys, *dbuf;
+	int cfd;
+
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	sys = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, sys);
+	pat_fill(sys, len, 103, 0);
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_LOCK, sys, NULL,
+				       npages, &cmd));
+
+	/* Half in device memory: all or nothing. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, sys,
+				 dbuf, npages / 2, &cmd));
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_LOCK, sys, NULL,
+				       npages, &cmd));
+	ASSERT_EQ(0, locked_pages(self->fd, sys, npages));
+	ASSERT_EQ(pin0, vmpin_kb());
+	ASSERT_EQ(-1, pat_find_bad(sys, len, 103, 0));
+
+	va = devlock_map_migrated(self->fd, npages, psz, 104);
+	ASSERT_NE(NULL, va);
+	ASSERT_EQ(-EFAULT, dmirror_req(self->peer_fd, HMM_DMIRROR_LOCK, va,
+				       NULL, npages, &cmd));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_LOCK, va, NULL,
+				 npages, &cmd));
+
+	/* The peer's fault is refused like a CPU access: no data leaks. */
+	memset(dbuf, 0, len);
+	ASSERT_EQ(-EFAULT, dmirror_req(self->peer_fd, HMM_DMIRROR_READ, va,
+				       dbuf, npages, &cmd));
+	ASSERT_EQ(-1, zero_find_bad(dbuf, len));
+	ASSERT_EQ(-ENOENT, dmirror_req(self->peer_fd,
+				       HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
+				       npages, &cmd));
+	ASSERT_EQ(npages, locked_pages(self->fd, va, npages));
+	ASSERT_EQ(0, locked_pages(self->peer_fd, va, npages));
+
+	/* Coherent memory is CPU addressable: nothing to lock there. */
+	cfd = dmirror_open(2);
+	if (cfd >= 0) {
+		ASSERT_EQ(-EOPNOTSUPP, dmirror_req(cfd, HMM_DMIRROR_LOCK, va,
+						   NULL, npages, &cmd));
+		close(cfd);
+	}
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_UNLOCK, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 104, 0));
+	ASSERT_EQ(pin0, vmpin_kb());
+	free(dbuf);
+}
+
+/* Drop CAP_IPC_LOCK, which lifts the locked-memory limit, for good. */
+static int drop_cap_ipc_lock(void)
+{
+	struct __user_cap_header_struct hdr = {
+		.version = _LINUX_CAPABILITY_VERSION_3,
+	};
+	struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+	int i = CAP_TO_INDEX(CAP_IPC_LOCK);
+
+	if (syscall(SYS_capget, &hdr, data))
+		return -1;
+	data[i].effective &= ~CAP_TO_MASK(CAP_IPC_LOCK);
+	data[i].permitted &= ~CAP_TO_MASK(CAP_IPC_LOCK);
+	data[i].inheritable &= ~CAP_TO_MASK(CAP_IPC_LOCK);
+	return syscall(SYS_capset, &hdr, data);
+}
+
+/*
+ * Child of limit_is_enforced: with RLIMIT_MEMLOCK at 8 pages, locking 16
+ * fails with ENOMEM and locks nothing, 8 fit, and munmap of locked pages
+ * gives their charge back.
+ */
+static int devlock_limit_child(void *arg)
+{
+	const unsigned long npages = 16;
+	size_t psz = sysconf(_SC_PAGESIZE), len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	struct rlimit rl;
+	long pin0;
+	char *va;
+	int fd;
+
+	if (drop_cap_ipc_lock())
+		return 10;
+	pin0 = vmpin_kb();
+	if (pin0 < 0)
+		return 11;
+	rl.rlim_cur = pin0 * 1024 + npages / 2 * psz;
+	rl.rlim_max = rl.rlim_cur;
+	if (setrlimit(RLIMIT_MEMLOCK, &rl))
+		return 12;
+	fd = dmirror_open(0);
+	if (fd < 0)
+		return 13;
+	va = devlock_map_migrated(fd, npages, psz, 105);
+	if (!va)
+		return 14;
+
+	if (dmirror_req(fd, HMM_DMIRROR_LOCK, va, NULL, npages, &cmd) !=
+	    -ENOMEM)
+		return 15;
+	if (locked_pages(fd, va, npages) != 0 || vmpin_kb() != pin0)
+		return 16;
+	if (dmirror_req(fd, HMM_DMIRROR_LOCK, va, NULL, npages / 2, &cmd))
+		return 17;
+	if (dmirror_req(fd, HMM_DMIRROR_LOCK, va + len / 2, NULL, 1, &cmd) !=
+	    -ENOMEM)
+		return 18;
+	if (!cpu_read_sigbus(va) || !cpu_read_sigbus(va + len / 2 - 8))
+		return 19;
+	if (pat_find_bad(va + len / 2, len / 2, 105, len / 2) != -1)
+		return 20;
+
+	/* munmap frees the pages: the charge is back and can be reused. */
+	if (munmap(va, len) || vmpin_kb() != pin0)
+		return 21;
+	va = devlock_map_migrated(fd, npages / 2, psz, 106);
+	if (!va)
+		return 22;
+	if (dmirror_req(fd, HMM_DMIRROR_LOCK, va, NULL, npages / 2, &cmd))
+		return 23;
+	if (dmirror_req(fd, HMM_DMIRROR_UNLOCK, va, NULL, npages / 2, &cmd) ||
+	    cmd.cpages != npages / 2)
+		return 24;
+	if (pat_find_bad(va, len / 2, 106, 0) != -1)
+		return 25;
+	close(fd);
+	return 0;
+}
+
+TEST_F(devlock, limit_is_enforced)
+{
+	ASSERT_EQ(0, in_child(devlock_limit_child, NULL));
+}
+
+struct devlock_fork_job {
+	char *va;
+	size_t len;
+	size_t psz;
+};
+
+/* The fork child shares the locked pages but must never get their data. */
+static int devlock_fork_child(void *arg)
+{
+	struct devlock_fork_job *job = arg;
+	unsigned long npages = job->len / job->psz;
+	struct hmm_dmirror_cmd cmd;
+	size_t off;
+	int fd;
+
+	for (off = 0; off < job->len; off += job->psz) {
+		if (!cpu_read_sigbus(job->va + off))
+			return 30;
+		if (!cpu_write_sigbus(job->va + off + 64))
+			return 31;
+	}
+	fd = dmirror_open(0);
+	if (fd < 0)
+		return 32;
+	/* The lock is the parent's: the child can neither take nor drop it. */
+	if (dmirror_req(fd, HMM_DMIRROR_LOCK, job->va, NULL, npages, &cmd) !=
+	    -EBUSY)
+		return 33;
+	if (dmirror_req(fd, HMM_DMIRROR_UNLOCK, job->va, NULL, npages,
+			&cmd) != -EPERM)
+		return 34;
+	if (locked_pages(fd, job->va, npages) != (long)npages)
+		return 35;
+	close(fd);
+	return 0;
+}
+
+/* After unlock the child sees the data it shared at fork time. */
+static int devlock_fork_child_after(void *arg)
+{
+	struct devlock_fork_job *job = arg;
+
+	return pat_find_bad(job->va, job->len, 107, 0) == -1 ? 0 : 36;
+}
+
+TEST_F(devlock, fork_child_gets_sigbus)
+{
+	const unsigned long npages = 8;
+	struct devlock_fork_job job = {
+		.psz = self->psz,
+		.len = npages * self->psz,
+	};
+	struct hmm_dmirror_cmd cmd;
+
+	job.va = devlock_map_migrated(self->fd, npages, self->psz, 107);
+	ASSERT_NE(NULL, job.va);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_LOCK, job.va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(0, in_child(devlock_fork_child, &job));
+
+	/* Still locked for the parent, which also gets SIGBUS. */
+	ASSERT_EQ(npages, locked_pages(self->fd, job.va, npages));
+	ASSERT_TRUE(cpu_read_sigbus(job.va + self->psz));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_UNLOCK, job.va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, in_child(devlock_fork_child_after, &job));
+	ASSERT_EQ(-1, pat_find_bad(job.va, job.len, 107, 0));
+}
+
+/* mremap moves the entries, and the lock moves with the pages. */
+TEST_F(devlock, follows_mremap)
+{
+	const unsigned long npages = 8;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	long pin0 = vmpin_kb();
+	char *va, *dst, *nva;
+
+	va = devlock_map_migrated(self->fd, npages, psz, 108);
+	ASSERT_NE(NULL, va);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_LOCK, va, NULL,
+				 npages, &cmd));
+	dst = anon_map(len, PROT_NONE, true);
+	ASSERT_NE(NULL, dst);
+	nva = mremap(va, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	ASSERT_EQ(dst, nva);
+
+	ASSERT_EQ(npages, locked_pages(self->fd, nva, npages));
+	ASSERT_TRUE(cpu_read_sigbus(nva + 3 * psz + 16));
+	ASSERT_EQ(pin0 + (long)(len >> 10), vmpin_kb());
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_UNLOCK, nva, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(nva, len, 108, 0));
+	ASSERT_EQ(pin0, vmpin_kb());
+	munmap(nva, len);
+}
+
+/*
+ * mprotect changes what the mapping allows, not where the page lives:
+ * the lock stays, and even a read-only mapping gets SIGBUS on a load.
+ */
+TEST_F(devlock, survives_mprotect)
+{
+	const unsigned long npages = 8;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va;
+
+	va = devlock_map_migrated(self->fd, npages, psz, 109);
+	ASSERT_NE(NULL, va);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_LOCK, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+	ASSERT_EQ(npages, locked_pages(self->fd, va, npages));
+	ASSERT_TRUE(cpu_read_sigbus(va + 2 * psz));
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ | PROT_WRITE));
+	ASSERT_TRUE(cpu_write_sigbus(va + 5 * psz));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_UNLOCK, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 109, 0));
+	munmap(va, len);
+}
+
+/*
+ * The device giving its memory back (RELEASE, as on driver unload)
+ * force-drops the locks: the data comes back to system memory intact.
+ */
+TEST_F(devlock, release_forces_back)
+{
+	const unsigned long npages = 16;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	long pin0 = vmpin_kb();
+	char *va, *dbuf;
+
+	va = devlock_map_migrated(self->fd, npages, psz, 110);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_LOCK, va, NULL,
+				 npages, &cmd));
+	pat_fill(dbuf, len, 111, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_RELEASE, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(pin0, vmpin_kb());
+	ASSERT_EQ(0, locked_pages(self->fd, va, npages));
+	expect_snap(_metadata, self->fd, va, npages, 0, npages, DEV_RW);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 111, 0));
+	free(dbuf);
+	munmap(va, len);
+}
+
+/* Closing the device file evicts its pages, and their locks with them. */
+TEST_F(devlock, close_drops_locks)
+{
+	const unsigned long npages = 8;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	long pin0 = vmpin_kb();
+	int fd = dmirror_open(0);
+	char *va;
+
+	ASSERT_LE(0, fd);
+	va = devlock_map_migrated(fd, npages, psz, 112);
+	ASSERT_NE(NULL, va);
+	ASSERT_EQ(0, dmirror_req(fd, HMM_DMIRROR_LOCK, va, NULL, npages,
+				 &cmd));
+	ASSERT_EQ(pin0 + (long)(len >> 10), vmpin_kb());
+	ASSERT_EQ(0, close(fd));
+	ASSERT_EQ(pin0, vmpin_kb());
+	ASSERT_EQ(-1, pat_find_bad(va, len, 112, 0));
+	munmap(va, len);
+}
+
+/* ---------------------------------------------------------------------
+ * Exclusive access on huge pages and shmem, whatever the THP mode.
+ */
+
+/* Is /sys/kernel/mm/transparent_hugepage/@file set to [@mode]? */
+static bool thp_mode_is(const char *file, const char *mode)
+{
+	char path[128], buf[256], want[32];
+	bool ret = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/kernel/mm/transparent_hugepage/%s",
+		 file);
+	snprintf(want, sizeof(want), "[%s]", mode);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	if (fgets(buf, sizeof(buf), f))
+		ret = !!strstr(buf, want);
+	fclose(f);
+	return ret;
+}
+
+/* CHECK_EXCLUSIVE on pages [from, to) of @va: 0 or -EPERM. */
+static int excl_state(int fd, char *va, size_t psz, unsigned long from,
+		      unsigned long to)
+{
+	struct hmm_dmirror_cmd cmd;
+
+	return dmirror_req(fd, HMM_DMIRROR_CHECK_EXCLUSIVE, va + from * psz,
+			   NULL, to - from, &cmd);
+}
+
+/* Does the device hold exclusive access to every page of [from, to)? */
+static bool excl_all(int fd, char *va, size_t psz, unsigned long from,
+		     unsigned long to)
+{
+	unsigned long i;
+
+	for (i = from; i < to; i++)
+		if (excl_state(fd, va, psz, i, i + 1) != -EPERM)
+			return false;
+	return true;
+}
+
+/*
+ * No madvise: with THP "always" the buffer is THP-backed (checked through
+ * AnonHugePages), with "madvise" it is not; EXCLUSIVE must work the same,
+ * page by page, either way.
+ */
+TEST_F(dmirror, exclusive_thp_unadvised)
+{
+	size_t psz = self->psz, len = 2 * pmd_size();
+	unsigned long npages = len / psz;
+	long before = meminfo_kb("AnonHugePages");
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = anon_map_aligned(len, pmd_size());
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 120, 0);
+	if (thp_mode_is("enabled", "always"))
+		ASSERT_LE(before + (long)(len >> 10),
+			  meminfo_kb("AnonHugePages"));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 120, 0));
+	ASSERT_TRUE(excl_all(self->fd, va, psz, 0, npages));
+
+	/* A CPU store revokes the grant of that page only. */
+	va[7 * psz] = 1;
+	ASSERT_EQ(0, excl_state(self->fd, va, psz, 7, 8));
+	ASSERT_TRUE(excl_all(self->fd, va, psz, 0, 7));
+	ASSERT_TRUE(excl_all(self->fd, va, psz, 8, npages));
+	va[7 * psz] = ((char *)dbuf)[7 * psz];
+	ASSERT_EQ(-1, pat_find_bad(va, len, 120, 0));
+	ASSERT_EQ(0, excl_state(self->fd, va, psz, 0, npages));
+	free(dbuf);
+	munmap(va, len);
+}
+
+/* fork() of a THP-backed exclusive range: each side keeps its own data. */
+TEST_F(dmirror, exclusive_thp_fork)
+{
+	size_t len = pmd_size();
+	unsigned long npages = len / self->psz;
+	struct cow_job job = { .len = len, .seen_seed = 121, .new_seed = 122 };
+	struct hmm_dmirror_cmd cmd;
+	char *dbuf;
+
+	job.va = thp_map_filled(len, 121);
+	if (!job.va)
+		SKIP(return, "no transparent huge page available");
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, job.va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_TRUE(excl_all(self->fd, job.va, self->psz, 0, npages));
+	ASSERT_EQ(0, in_child(cow_job_child, &job));
+
+	ASSERT_EQ(0, excl_state(self->fd, job.va, self->psz, 0, npages));
+	ASSERT_EQ(-1, pat_find_bad(job.va, len, 121, 0));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, job.va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 121, 0));
+	free(dbuf);
+	munmap(job.va, len);
+}
+
+/* mprotect() and munmap() of a THP-backed exclusive range. */
+TEST_F(dmirror, exclusive_thp_mprotect_munmap)
+{
+	size_t psz = self->psz, len = pmd_size();
+	unsigned long npages = len / psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = thp_map_filled(len, 123);
+	if (!va)
+		SKIP(return, "no transparent huge page available");
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+
+	ASSERT_TRUE(excl_all(self->fd, va, psz, 0, npages));
+
+	/*
+	 * Splitting the VMA inside a PMD-sized range invalidates that whole
+	 * range (a possible THP is split), so the device may lose the other
+	 * half too; what matters is that it loses the protected half and
+	 * can get the other back.
+	 */
+	ASSERT_EQ(0, mprotect(va, len / 2, PROT_READ));
+	ASSERT_EQ(0, excl_state(self->fd, va, psz, 0, npages / 2));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, va + len / 2,
+				 dbuf, npages / 2, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len / 2, 123, len / 2));
+	ASSERT_TRUE(excl_all(self->fd, va, psz, npages / 2, npages));
+	ASSERT_EQ(0, excl_state(self->fd, va, psz, 0, npages / 2));
+	pat_fill(dbuf, len, 124, 0);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				      npages / 2, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len / 2, 123, 0));
+
+	/* munmap while exclusive: the device loses the pages, no leak. */
+	ASSERT_EQ(0, munmap(va + len / 2, len / 2));
+	ASSERT_EQ(0, excl_state(self->fd, va, psz, npages / 2, npages));
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_READ,
+				       va + len / 2, dbuf, npages / 2, &cmd));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages / 2, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len / 2, 123, 0));
+	free(dbuf);
+	munmap(va, len / 2);
+}
+
+/*
+ * Two devices asking for the same pages: the later grant wins and
+ * revokes the earlier one, and both see the same data.
+ */
+TEST_F(dmirror, exclusive_two_devices)
+{
+	size_t psz = self->psz, len = pmd_size();
+	unsigned long npages = len / psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+
+	va = thp_map_filled(len, 125);
+	if (!va) {
+		va = anon_map(len, PROT_READ | PROT_WRITE, true);
+		ASSERT_NE(NULL, va);
+		pat_fill(va, len, 125, 0);
+	}
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_EXCLUSIVE, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 125, 0));
+	ASSERT_EQ(0, excl_state(self->fd, va, psz, 0, npages));
+	ASSERT_TRUE(excl_all(self->peer_fd, va, psz, 0, npages));
+
+	/* The peer writes through its grant; the first device reads it. */
+	pat_fill(dbuf, len, 126, 0);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 126, 0));
+	ASSERT_EQ(0, excl_state(self->peer_fd, va, psz, 0, npages));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 126, 0));
+	free(dbuf);
+	munmap(va, len);
+}
+
+/*
+ * memfd (shmem) buffer mapped twice: the grant removes both CPU
+ * mappings, an access through either revokes it, data is shared.
+ */
+TEST_F(dmirror, exclusive_shmem)
+{
+	const unsigned long npages = 16;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *alias, *dbuf;
+	int mfd;
+
+	mfd = memfd_create("hmm-tests-excl", MFD_CLOEXEC);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(0, ftruncate(mfd, len));
+	va = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	ASSERT_NE(MAP_FAILED, va);
+	alias = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	ASSERT_NE(MAP_FAILED, alias);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 127, 0);
+	ASSERT_EQ(-1, pat_find_bad(alias, len, 127, 0));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 127, 0));
+	ASSERT_TRUE(excl_all(self->fd, va, psz, 0, npages));
+
+	/* A load through the other mapping revokes that page. */
+	ASSERT_EQ(-1, pat_find_bad(alias + 3 * psz, psz, 127, 3 * psz));
+	ASSERT_EQ(0, excl_state(self->fd, va, psz, 3, 4));
+	ASSERT_TRUE(excl_all(self->fd, va, psz, 0, 3));
+	ASSERT_TRUE(excl_all(self->fd, va, psz, 4, npages));
+
+	/* The device writes, the CPU and the file see it. */
+	pat_fill(dbuf, len, 128, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, file_find_bad(mfd, len, 128));
+	ASSERT_EQ(-1, pat_find_bad(alias, len, 128, 0));
+	ASSERT_EQ(0, excl_state(self->fd, va, psz, 0, npages));
+
+	/* Exclusive again, then unmapped and truncated while exclusive. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(0, munmap(alias, len));
+	ASSERT_EQ(0, munmap(va, len / 2));
+	ASSERT_EQ(-EPERM, excl_state(self->fd, va, psz, npages / 2, npages));
+	ASSERT_EQ(-1, file_find_bad(mfd, len, 128));
+	ASSERT_EQ(0, ftruncate(mfd, len / 2));
+	ASSERT_EQ(0, excl_state(self->fd, va, psz, npages / 2, npages));
+	ASSERT_EQ(0, munmap(va + len / 2, len / 2));
+	close(mfd);
+	free(dbuf);
+}
+
+#define SHMEM_THP "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+static int shmem_thp_set(const char *mode)
+{
+	FILE *f = fopen(SHMEM_THP, "w");
+	int ret;
+
+	if (!f)
+		return -errno;
+	ret = fprintf(f, "%s\n", mode) < 0 ? -EIO : 0;
+	if (fclose(f) && !ret)
+		ret = -errno;
+	return ret;
+}
+
+/*
+ * A huge shmem folio is split like an anonymous THP.  shmem THP is made
+ * available for the fill only ("advise" + MADV_HUGEPAGE), then put back.
+ */
+TEST_F(dmirror, exclusive_shmem_thp)
+{
+	size_t psz = self->psz, len = pmd_size();
+	unsigned long npages = len / psz;
+	long before = meminfo_kb("ShmemHugePages");
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	bool advised;
+	int mfd;
+
+	if (access(SHMEM_THP, W_OK))
+		SKIP(return, "no shmem THP control");
+	advised = thp_mode_is("shmem_enabled", "advise");
+	if (!advised)
+		ASSERT_EQ(0, shmem_thp_set("advise"));
+	mfd = memfd_create("hmm-tests-excl-thp", MFD_CLOEXEC);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(0, ftruncate(mfd, len));
+	va = mmap(NULL, 2 * len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		  0);
+	ASSERT_NE(MAP_FAILED, va);
+	va = (char *)(((uintptr_t)va + len - 1) & ~(uintptr_t)(len - 1));
+	va = mmap(va, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+		  mfd, 0);
+	ASSERT_NE(MAP_FAILED, va);
+	ASSERT_EQ(0, madvise(va, len, MADV_HUGEPAGE));
+	pat_fill(va, len, 129, 0);
+	if (!advised)
+		ASSERT_EQ(0, shmem_thp_set("never"));
+	if (meminfo_kb("ShmemHugePages") - before < (long)(len >> 10)) {
+		munmap(va, len);
+		close(mfd);
+		SKIP(return, "no huge shmem page available");
+	}
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 129, 0));
+	ASSERT_TRUE(excl_all(self->fd, va, psz, 0, npages));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 129, 0));
+	ASSERT_EQ(0, excl_state(self->fd, va, psz, 0, npages));
+	ASSERT_EQ(-1, file_find_bad(mfd, len, 129));
+	munmap(va, len);
+	close(mfd);
+	free(dbuf);
 }
 
 /* ---------------------------------------------------------------------
