@@ -852,7 +852,11 @@ static void dmirror_device_zap_migrating(struct dmirror_device *mdev,
  * Migration
  */
 
-static void dmirror_copy_to_dev(struct dmirror *dmirror,
+/*
+ * Returns false when device memory ran out: the pages from there on are
+ * left out of the migration and stay in system memory, intact.
+ */
+static bool dmirror_copy_to_dev(struct dmirror *dmirror,
 				struct migrate_vma *args)
 {
 	unsigned long i;
@@ -871,7 +875,7 @@ static void dmirror_copy_to_dev(struct dmirror *dmirror,
 
 		dpage = dmirror_devmem_alloc(dmirror->mdev, dmirror);
 		if (!dpage)
-			break;
+			return false;
 
 		/* No source page: an untouched or zero-page mapped address. */
 		if (spage)
@@ -884,6 +888,7 @@ static void dmirror_copy_to_dev(struct dmirror *dmirror,
 		    (!spage && (args->vma->vm_flags & VM_WRITE)))
 			args->dst[i] |= MIGRATE_PFN_WRITE;
 	}
+	return true;
 }
 
 /* Map the pages that reached device memory; the CPU is still locked out. */
@@ -922,7 +927,9 @@ static unsigned long dmirror_count_migrated(struct migrate_vma *args)
 /*
  * Migrate one batch inside @vma, towards device memory or back to system
  * memory.  Between setup and finalize the CPU cannot touch the pages, so
- * that is when the device page tables are brought up to date.
+ * that is when the device page tables are brought up to date.  Running out
+ * of device memory still completes the batch for the pages that got one,
+ * then fails with -ENOMEM so that the caller stops.
  */
 static int dmirror_migrate_batch(struct dmirror *dmirror,
 				 struct migrate_vma *args, bool to_dev,
@@ -930,6 +937,7 @@ static int dmirror_migrate_batch(struct dmirror *dmirror,
 {
 	struct dmirror_device *mdev = dmirror->mdev;
 	struct mm_struct *mm = args->vma->vm_mm;
+	bool complete = true;
 	int ret;
 
 	args->pgmap_owner = mdev;
@@ -954,7 +962,7 @@ static int dmirror_migrate_batch(struct dmirror *dmirror,
 		return 0;
 
 	if (to_dev)
-		dmirror_copy_to_dev(dmirror, args);
+		complete = dmirror_copy_to_dev(dmirror, args);
 	else
 		dmirror_copy_to_sys(args->src, args->dst, args->npages,
 				    args->vma, args->start, NULL);
@@ -966,7 +974,7 @@ static int dmirror_migrate_batch(struct dmirror *dmirror,
 	else
 		req->cpages += dmirror_count_migrated(args);
 	migrate_vma_finalize(args);
-	return 0;
+	return complete ? 0 : -ENOMEM;
 }
 
 static int dmirror_migrate(struct dmirror *dmirror, struct dmirror_req *req,
