@@ -63,6 +63,7 @@
 #include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
+#include <linux/sysfs.h>
 #include <linux/uaccess.h>
 #include <linux/wait.h>
 #include <linux/xarray.h>
@@ -143,6 +144,7 @@ struct dmirror_device {
 	spinlock_t		mem_lock;	/* chunks, chunk bitmaps */
 	struct list_head	chunks;		/* chunks handing out pages */
 	wait_queue_head_t	drain_wq;
+	unsigned long		limit;		/* max pages in use, 0: none */
 };
 
 /*
@@ -345,6 +347,8 @@ static struct page *dmirror_chunk_take(struct dmirror_chunk *chunk,
 	return pfn_to_page(chunk->pfn_first + idx);
 }
 
+static bool dmirror_devmem_at_limit(struct dmirror_device *mdev);
+
 static struct page *dmirror_devmem_take(struct dmirror_device *mdev,
 					struct page *backing,
 					const void *owner)
@@ -354,6 +358,8 @@ static struct page *dmirror_devmem_take(struct dmirror_device *mdev,
 
 	spin_lock(&mdev->mem_lock);
 	list_for_each_entry(chunk, &mdev->chunks, node) {
+		if (dmirror_devmem_at_limit(mdev))
+			break;
 		page = dmirror_chunk_take(chunk, backing, owner);
 		if (page)
 			break;
@@ -886,7 +892,11 @@ static void dmirror_device_zap_migrating(struct dmirror_device *mdev,
  * Migration
  */
 
-static void dmirror_copy_to_dev(struct dmirror *dmirror,
+/*
+ * Returns false when device memory ran out: the pages from there on are
+ * left out of the migration and stay in system memory, intact.
+ */
+static bool dmirror_copy_to_dev(struct dmirror *dmirror,
 				struct migrate_vma *args)
 {
 	unsigned long i;
@@ -905,7 +915,7 @@ static void dmirror_copy_to_dev(struct dmirror *dmirror,
 
 		dpage = dmirror_devmem_alloc(dmirror->mdev, dmirror);
 		if (!dpage)
-			break;
+			return false;
 
 		/* No source page: an untouched or zero-page mapped address. */
 		if (spage)
@@ -918,6 +928,7 @@ static void dmirror_copy_to_dev(struct dmirror *dmirror,
 		    (!spage && (args->vma->vm_flags & VM_WRITE)))
 			args->dst[i] |= MIGRATE_PFN_WRITE;
 	}
+	return true;
 }
 
 /* Map the pages that reached device memory; the CPU is still locked out. */
@@ -956,7 +967,9 @@ static unsigned long dmirror_count_migrated(struct migrate_vma *args)
 /*
  * Migrate one batch inside @vma, towards device memory or back to system
  * memory.  Between setup and finalize the CPU cannot touch the pages, so
- * that is when the device page tables are brought up to date.
+ * that is when the device page tables are brought up to date.  Running out
+ * of device memory still completes the batch for the pages that got one,
+ * then fails with -ENOMEM so that the caller stops.
  */
 static int dmirror_migrate_batch(struct dmirror *dmirror,
 				 struct migrate_vma *args, bool to_dev,
@@ -964,6 +977,7 @@ static int dmirror_migrate_batch(struct dmirror *dmirror,
 {
 	struct dmirror_device *mdev = dmirror->mdev;
 	struct mm_struct *mm = args->vma->vm_mm;
+	bool complete = true;
 	int ret;
 
 	args->pgmap_owner = mdev;
@@ -988,7 +1002,7 @@ static int dmirror_migrate_batch(struct dmirror *dmirror,
 		return 0;
 
 	if (to_dev)
-		dmirror_copy_to_dev(dmirror, args);
+		complete = dmirror_copy_to_dev(dmirror, args);
 	else
 		dmirror_copy_to_sys(args->src, args->dst, args->npages,
 				    args->vma, args->start, NULL);
@@ -1000,7 +1014,7 @@ static int dmirror_migrate_batch(struct dmirror *dmirror,
 	else
 		req->cpages += dmirror_count_migrated(args);
 	migrate_vma_finalize(args);
-	return 0;
+	return complete ? 0 : -ENOMEM;
 }
 
 static int dmirror_migrate(struct dmirror *dmirror, struct dmirror_req *req,
@@ -2012,6 +2026,96 @@ static const struct file_operations dmirror_fops = {
 	.llseek		= noop_llseek,
 };
 
+/* ---------------------------------------------------------------------
+ * Device memory accounting, for the reliability tests
+ *
+ * Each device shows in sysfs (/sys/dev/char/MAJOR:MINOR/) how many of its
+ * pages are in use and how many chunks are plugged, so a test can check
+ * that everything came back, and takes a limit on the pages in use, so a
+ * test can run the device out of memory without filling gigabytes first.
+ */
+
+static unsigned long dmirror_devmem_used_locked(struct dmirror_device *mdev)
+{
+	struct dmirror_chunk *chunk;
+	unsigned long used = 0;
+
+	lockdep_assert_held(&mdev->mem_lock);
+	list_for_each_entry(chunk, &mdev->chunks, node)
+		used += chunk->nr_busy;
+	return used;
+}
+
+/* Called with mem_lock held; chunks being drained are not counted. */
+static bool dmirror_devmem_at_limit(struct dmirror_device *mdev)
+{
+	unsigned long limit = READ_ONCE(mdev->limit);
+
+	return limit && dmirror_devmem_used_locked(mdev) >= limit;
+}
+
+static struct dmirror_device *dmirror_dev_to_mdev(struct device *dev)
+{
+	return container_of(dev, struct dmirror_device, dev);
+}
+
+static ssize_t devmem_used_show(struct device *dev,
+				struct device_attribute *attr, char *buf)
+{
+	struct dmirror_device *mdev = dmirror_dev_to_mdev(dev);
+	unsigned long used;
+
+	spin_lock(&mdev->mem_lock);
+	used = dmirror_devmem_used_locked(mdev);
+	spin_unlock(&mdev->mem_lock);
+	return sysfs_emit(buf, "%lu\n", used);
+}
+static DEVICE_ATTR_RO(devmem_used);
+
+static ssize_t devmem_chunks_show(struct device *dev,
+				  struct device_attribute *attr, char *buf)
+{
+	struct dmirror_device *mdev = dmirror_dev_to_mdev(dev);
+	unsigned int nr;
+
+	mutex_lock(&mdev->chunks_lock);
+	nr = mdev->nr_chunks;
+	mutex_unlock(&mdev->chunks_lock);
+	return sysfs_emit(buf, "%u\n", nr);
+}
+static DEVICE_ATTR_RO(devmem_chunks);
+
+static ssize_t devmem_limit_show(struct device *dev,
+				 struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%lu\n",
+			  READ_ONCE(dmirror_dev_to_mdev(dev)->limit));
+}
+
+/* Pages already handed out above a new limit stay; only new ones fail. */
+static ssize_t devmem_limit_store(struct device *dev,
+				  struct device_attribute *attr,
+				  const char *buf, size_t count)
+{
+	unsigned long limit;
+	int ret;
+
+	ret = kstrtoul(buf, 0, &limit);
+	if (ret)
+		return ret;
+	WRITE_ONCE(dmirror_dev_to_mdev(dev)->limit, limit);
+	return count;
+}
+static DEVICE_ATTR_RW(devmem_limit);
+
+static struct attribute *dmirror_dev_attrs[] = {
+	&dev_attr_devmem_used.attr,
+	&dev_attr_devmem_chunks.attr,
+	&dev_attr_devmem_limit.attr,
+	NULL
+};
+ATTRIBUTE_GROUPS(dmirror_dev);
+
 static void dmirror_device_release(struct device *dev)
 {
 	kfree(container_of(dev, struct dmirror_device, dev));
@@ -2037,6 +2141,7 @@ static int dmirror_device_create(unsigned int id, unsigned int mem_type,
 
 	device_initialize(&mdev->dev);
 	mdev->dev.release = dmirror_device_release;
+	mdev->dev.groups = dmirror_dev_groups;
 	mdev->dev.devt = MKDEV(MAJOR(dmirror_devt), id);
 	ret = dev_set_name(&mdev->dev, "hmm_dmirror%u", id);
 	if (ret)

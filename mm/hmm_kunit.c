@@ -30,7 +30,10 @@
 #include <linux/mman.h>
 #include <linux/mmu_context.h>
 #include <linux/mmu_notifier.h>
+#include <linux/moduleparam.h>
 #include <linux/mutex.h>
+#include <linux/prandom.h>
+#include <linux/random.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
@@ -1542,6 +1545,432 @@ static struct kunit_suite hmm_devlock_test_suite = {
 kunit_test_suite(hmm_devlock_test_suite);
 
 #endif /* CONFIG_DEVICE_PRIVATE */
+
+/* ---------------------------------------------------------------------
+ * Fuzzing the exported API: hmm_range_fault() and hmm_mirror_*() get
+ * random, mostly hostile arguments over a layout of known pages, and every
+ * return value and every returned entry is checked against a model of
+ * that layout.  The seed is printed; hmm_kunit.fuzz_seed=N on the kernel
+ * command line replays a run.
+ */
+
+static ulong fuzz_seed;
+module_param(fuzz_seed, ulong, 0444);
+MODULE_PARM_DESC(fuzz_seed, "Seed of the hmm_fuzz KUnit suite (0: random)");
+
+#define HKF_PAGES	64
+#define HKF_ITERS	4000
+#define HKF_REQ		(HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE)
+
+/* What each page of the layout is; see hkf_layout_map(). */
+enum hkf_kind { HKF_RW, HKF_NONE, HKF_RO };
+
+struct hkf_layout {
+	unsigned long	base;
+	enum hkf_kind	kind[HKF_PAGES];
+	u64		tag[HKF_PAGES];	/* 0: reads as zero */
+	struct rnd_state rnd;
+	unsigned long	in[HKF_PAGES];	/* request entries */
+	unsigned long	out[HKF_PAGES];	/* the same, handed to HMM */
+};
+
+static u32 hkf_rand(struct hkf_layout *l, u32 n)
+{
+	return n ? prandom_u32_state(&l->rnd) % n : 0;
+}
+
+static void hkf_seed(struct kunit *test, struct hkf_layout *l)
+{
+	u64 seed = fuzz_seed ?: get_random_u64();
+
+	kunit_info(test, "seed %llu (hmm_kunit.fuzz_seed=%llu replays)\n",
+		   seed, seed);
+	prandom_seed_state(&l->rnd, seed);
+}
+
+static void hkf_set(struct hkf_layout *l, int first, int n, enum hkf_kind k)
+{
+	while (n--)
+		l->kind[first++] = k;
+}
+
+/*
+ * Pages 0-15 written, 16-19 PROT_NONE, 20-27 read-only and never
+ * touched, 28-31 a hole, 32-47 writable and never touched, 48-63 written.
+ */
+static void hkf_layout_map(struct kunit *test, struct hkf_layout *l)
+{
+	unsigned long a;
+	int i;
+
+	l->base = hk_map(test, HKF_PAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	hkf_set(l, 0, HKF_PAGES, HKF_RW);
+	a = vm_mmap(NULL, l->base + 16 * PAGE_SIZE, 4 * PAGE_SIZE, PROT_NONE,
+		    MAP_FIXED | MAP_ANONYMOUS | MAP_PRIVATE, 0);
+	KUNIT_ASSERT_EQ(test, a, l->base + 16 * PAGE_SIZE);
+	hkf_set(l, 16, 4, HKF_NONE);
+	a = vm_mmap(NULL, l->base + 20 * PAGE_SIZE, 8 * PAGE_SIZE, PROT_READ,
+		    MAP_FIXED | MAP_ANONYMOUS | MAP_PRIVATE, 0);
+	KUNIT_ASSERT_EQ(test, a, l->base + 20 * PAGE_SIZE);
+	hkf_set(l, 20, 8, HKF_RO);
+	KUNIT_ASSERT_EQ(test, vm_munmap(l->base + 28 * PAGE_SIZE,
+					4 * PAGE_SIZE), 0);
+	hkf_set(l, 28, 4, HKF_NONE);
+	for (i = 0; i < HKF_PAGES; i++) {
+		if (i >= 16 && i < 48)
+			continue;
+		l->tag[i] = 100 + i;
+		KUNIT_ASSERT_EQ(test, hk_user_fill(l->base + i * PAGE_SIZE,
+						   PAGE_SIZE, l->tag[i]), 0);
+	}
+}
+
+/* The request hmm_range_fault() must honour for input entry @in. */
+static unsigned long hkf_request(const struct hmm_range *r, unsigned long in)
+{
+	unsigned long req = r->default_flags | (in & r->pfn_flags_mask);
+
+	return (req & HMM_PFN_REQ_FAULT) ? req & HKF_REQ : 0;
+}
+
+/* The errno a page of kind @k gives for @req, or 0 if it can satisfy it. */
+static int hkf_page_error(enum hkf_kind k, unsigned long req)
+{
+	if (!(req & HMM_PFN_REQ_FAULT))
+		return 0;
+	if (k == HKF_NONE)
+		return -EFAULT;
+	if (k == HKF_RO && (req & HMM_PFN_REQ_WRITE))
+		return -EPERM;
+	return 0;
+}
+
+static void hkf_random_flags(struct hkf_layout *l, struct hmm_range *r,
+			     unsigned long *pfns, unsigned long n)
+{
+	static const unsigned long reqs[] = {
+		0, HMM_PFN_REQ_FAULT, HKF_REQ, HMM_PFN_REQ_WRITE,
+	};
+	static const unsigned long masks[] = { 0, HKF_REQ, ~0UL };
+	unsigned long i;
+
+	r->default_flags = reqs[hkf_rand(l, 4)];
+	r->pfn_flags_mask = masks[hkf_rand(l, 3)];
+	for (i = 0; i < n; i++) {
+		pfns[i] = reqs[hkf_rand(l, 4)];
+		/* Output bits and a stale pfn left from an earlier call. */
+		if (!hkf_rand(l, 4))
+			pfns[i] |= ((u64)prandom_u32_state(&l->rnd) << 32 |
+				    prandom_u32_state(&l->rnd)) & ~HKF_REQ;
+	}
+}
+
+/*
+ * Check one successful snapshot of pages [first, first + n) of the layout
+ * (lock held), then have the "device" write new data into a few of the
+ * writable pages it was given, to be checked through the CPU later.
+ */
+static void hkf_check_result(struct kunit *test, struct hkf_layout *l,
+			     const struct hmm_range *r, const unsigned long *in,
+			     const unsigned long *out, int first, int n)
+{
+	int i;
+
+	for (i = 0; i < n; i++) {
+		int p = first + i;
+		unsigned long req = hkf_request(r, in[i]);
+		struct page *page;
+
+		if (l->kind[p] == HKF_NONE) {
+			KUNIT_EXPECT_EQ_MSG(test, out[i] & (HMM_PFN_VALID |
+							    HMM_PFN_ERROR),
+					    (unsigned long)HMM_PFN_ERROR,
+					    "page %d", p);
+			continue;
+		}
+		KUNIT_EXPECT_FALSE_MSG(test, out[i] & HMM_PFN_ERROR,
+				       "page %d", p);
+		if ((req & out[i]) != req)
+			KUNIT_FAIL(test, "page %d: asked %#lx, got %#lx", p,
+				   req, out[i]);
+		if (!(out[i] & HMM_PFN_VALID))
+			continue;
+		if (l->kind[p] == HKF_RO)
+			KUNIT_EXPECT_FALSE_MSG(test, out[i] & HMM_PFN_WRITE,
+					       "read-only page %d", p);
+		page = hmm_pfn_to_page(out[i]);
+		if (l->tag[p])
+			KUNIT_EXPECT_TRUE_MSG(test,
+					      hk_check_page(page,
+							    l->base + p * PAGE_SIZE,
+							    l->tag[p]),
+					      "data of page %d", p);
+		else
+			KUNIT_EXPECT_TRUE_MSG(test, hk_page_is_zero(page),
+					      "page %d not zero", p);
+		if ((out[i] & HMM_PFN_WRITE) && !hkf_rand(l, 4)) {
+			l->tag[p] = 1000 + hkf_rand(l, 1U << 20);
+			hk_fill_page(page, l->base + p * PAGE_SIZE, l->tag[p]);
+		}
+	}
+}
+
+/* Everything the device wrote, as the process sees it. */
+static void hkf_check_cpu(struct kunit *test, struct hkf_layout *l)
+{
+	int p;
+
+	for (p = 0; p < HKF_PAGES; p++)
+		if (l->tag[p])
+			KUNIT_EXPECT_EQ_MSG(test,
+					    hk_user_check(l->base + p * PAGE_SIZE,
+							  PAGE_SIZE, l->tag[p]),
+					    0, "page %d", p);
+}
+
+/*
+ * A range outside the layout's rules: unaligned, empty, reversed, past the
+ * notifier, past TASK_SIZE or wrapping.  Returns false for a valid one.
+ */
+static bool hkf_random_bad_range(struct hkf_layout *l, struct hmm_range *r,
+				 struct hk_notifier **hn,
+				 struct hk_notifier *layout,
+				 struct hk_notifier *whole)
+{
+	unsigned long top = current->mm->task_size;
+
+	/* Half of the ranges are bad ones. */
+	switch (hkf_rand(l, 14)) {
+	case 0:
+		r->start += 1 + hkf_rand(l, PAGE_SIZE - 1);
+		return true;
+	case 1:
+		r->end -= 1 + hkf_rand(l, PAGE_SIZE - 1);
+		return true;
+	case 2:
+		r->end = r->start;
+		return true;
+	case 3:
+		swap(r->start, r->end);
+		return r->start != r->end;
+	case 4:
+		*hn = layout;
+		r->end = l->base + (HKF_PAGES + 1 + hkf_rand(l, 4)) * PAGE_SIZE;
+		return true;
+	case 5:
+		*hn = whole;
+		r->start = top - PAGE_SIZE * hkf_rand(l, 2);
+		r->end = top + PAGE_SIZE * (1 + hkf_rand(l, 2));
+		return true;
+	case 6:
+		*hn = whole;
+		r->start = PAGE_ALIGN_DOWN(ULONG_MAX) - PAGE_SIZE *
+			   hkf_rand(l, 4);
+		r->end = r->start + PAGE_SIZE * (1 + hkf_rand(l, 8));
+		return true;
+	default:
+		return false;
+	}
+}
+
+static void hmm_fuzz_range_fault(struct kunit *test)
+{
+	struct hk_notifier *layout_hn, *whole, *hn;
+	unsigned long *in, *out;
+	struct hkf_layout *l;
+	struct hmm_range r;
+	int it, first, n, i, expect, ret, ok = 0, bad = 0;
+
+	l = kunit_kzalloc(test, sizeof(*l), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, l);
+	in = l->in;
+	out = l->out;
+	hkf_seed(test, l);
+	hkf_layout_map(test, l);
+	layout_hn = hk_notifier_add(test, l->base, HKF_PAGES * PAGE_SIZE);
+	whole = hk_notifier_add(test, 0, ULONG_MAX);
+
+	for (it = 0; it < HKF_ITERS && !test->status; it++) {
+		first = hkf_rand(l, HKF_PAGES);
+		n = 1 + hkf_rand(l, HKF_PAGES - first);
+		hk_range_init(&r, in, l->base + first * PAGE_SIZE, n, 0);
+		hkf_random_flags(l, &r, in, n);
+		hn = hkf_rand(l, 2) ? layout_hn : whole;
+
+		if (hkf_random_bad_range(l, &r, &hn, layout_hn, whole)) {
+			r.notifier = &hn->notifier;
+			r.notifier_seq = mmu_interval_read_begin(&hn->notifier);
+			mmap_read_lock(current->mm);
+			ret = hmm_range_fault(&r);
+			mmap_read_unlock(current->mm);
+			KUNIT_EXPECT_EQ_MSG(test, ret, -EINVAL,
+					    "iteration %d: [%#lx, %#lx)", it,
+					    r.start, r.end);
+			bad++;
+			continue;
+		}
+
+		memcpy(out, in, n * sizeof(*in));
+		r.hmm_pfns = out;
+		expect = 0;
+		for (i = 0; i < n; i++) {
+			int err = hkf_page_error(l->kind[first + i],
+						 hkf_request(&r, in[i]));
+
+			/* The walk goes up: the lowest failing page wins. */
+			if (err && !expect)
+				expect = err;
+		}
+		ret = hk_fault(hn, &r);
+		if (ret) {
+			KUNIT_EXPECT_EQ_MSG(test, ret, expect,
+					    "iteration %d: pages %d-%d", it,
+					    first, first + n - 1);
+			continue;
+		}
+		KUNIT_EXPECT_EQ_MSG(test, expect, 0,
+				    "iteration %d: pages %d-%d succeeded", it,
+				    first, first + n - 1);
+		hkf_check_result(test, l, &r, in, out, first, n);
+		mutex_unlock(&hn->lock);
+		ok++;
+	}
+	hkf_check_cpu(test, l);
+	kunit_info(test, "%d iterations: %d snapshots, %d rejected ranges\n",
+		   it, ok, bad);
+}
+
+static int hkf_bad_invalidate(struct hmm_mirror *mirror,
+			      const struct hmm_update *update)
+{
+	return 0;
+}
+
+static const struct hmm_mirror_ops hkf_no_invalidate_ops = {
+	.release = hk_mirror_release,
+};
+
+static const struct hmm_mirror_ops hkf_no_release_ops = {
+	.invalidate_range = hkf_bad_invalidate,
+};
+
+/*
+ * Random register, unregister and fault calls on a few mirrors, valid and
+ * not: registering an unregistered mirror works, bad arguments get
+ * -EINVAL, a fault through an unregistered mirror gets -EINVAL, and a
+ * fault through a registered one behaves like hmm_range_fault() on the
+ * same pages.
+ */
+static void hmm_fuzz_mirror_calls(struct kunit *test)
+{
+	struct hmm_mirror stray = { .ops = &hkf_no_invalidate_ops };
+	struct hk_mirror *hm[3];
+	unsigned long *in, *out;
+	struct hkf_layout *l;
+	struct hmm_range r;
+	int it, i, m, first, n, ret, expect, calls[4] = { 0 };
+
+	l = kunit_kzalloc(test, sizeof(*l), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, l);
+	in = l->in;
+	out = l->out;
+	hkf_seed(test, l);
+	hkf_layout_map(test, l);
+	for (m = 0; m < ARRAY_SIZE(hm); m++) {
+		hm[m] = kzalloc(sizeof(*hm[m]), GFP_KERNEL);
+		KUNIT_ASSERT_NOT_NULL(test, hm[m]);
+		mutex_init(&hm[m]->lock);
+		hm[m]->mirror.ops = &hk_mirror_ops;
+		KUNIT_ASSERT_EQ(test,
+				kunit_add_action_or_reset(test,
+							  hk_mirror_cleanup,
+							  hm[m]), 0);
+	}
+
+	for (it = 0; it < HKF_ITERS / 2 && !test->status; it++) {
+		struct hk_mirror *h = hm[hkf_rand(l, ARRAY_SIZE(hm))];
+		int op = hkf_rand(l, 4);
+
+		calls[op]++;
+		switch (op) {
+		case 0:		/* register, if the API allows it now */
+			if (h->registered)
+				break;
+			KUNIT_EXPECT_EQ(test, hmm_mirror_register(&h->mirror,
+								  current->mm),
+					0);
+			h->registered = !test->status;
+			break;
+		case 1:		/* unregister, possibly again */
+			hk_mirror_unregister(h);
+			KUNIT_EXPECT_NULL(test, h->mirror.mm);
+			break;
+		case 2:		/* bad arguments */
+			stray.ops = hkf_rand(l, 2) ? &hkf_no_invalidate_ops :
+				    &hkf_no_release_ops;
+			ret = hmm_mirror_register(hkf_rand(l, 2) ? &stray :
+						  NULL, current->mm);
+			/* No ->release is fine; no ->invalidate_range is not. */
+			if (stray.ops == &hkf_no_release_ops && !ret) {
+				hmm_mirror_unregister(&stray);
+				break;
+			}
+			KUNIT_EXPECT_EQ(test, ret, -EINVAL);
+			KUNIT_EXPECT_EQ(test, hmm_mirror_register(&h->mirror,
+								  NULL),
+					-EINVAL);
+			KUNIT_EXPECT_EQ(test,
+					hmm_mirror_range_fault(&h->mirror, NULL,
+							       &h->lock),
+					-EINVAL);
+			hk_range_init(&r, in, l->base, 1, 0);
+			KUNIT_EXPECT_EQ(test,
+					hmm_mirror_range_fault(&h->mirror, &r,
+							       NULL),
+					-EINVAL);
+			break;
+		default:	/* fault a random part of the layout */
+			first = hkf_rand(l, HKF_PAGES);
+			n = 1 + hkf_rand(l, HKF_PAGES - first);
+			hk_range_init(&r, in, l->base + first * PAGE_SIZE, n,
+				      0);
+			hkf_random_flags(l, &r, in, n);
+			memcpy(out, in, n * sizeof(*in));
+			r.hmm_pfns = out;
+			expect = h->registered ? 0 : -EINVAL;
+			for (i = 0; i < n && !expect; i++)
+				expect = hkf_page_error(l->kind[first + i],
+							hkf_request(&r, in[i]));
+			ret = hmm_mirror_range_fault(&h->mirror, &r, &h->lock);
+			KUNIT_EXPECT_EQ_MSG(test, ret, expect,
+					    "iteration %d: pages %d-%d, %s", it,
+					    first, first + n - 1,
+					    h->registered ? "registered" :
+					    "unregistered");
+			if (ret)
+				break;
+			hkf_check_result(test, l, &r, in, out, first, n);
+			mutex_unlock(&h->lock);
+			break;
+		}
+	}
+	hkf_check_cpu(test, l);
+	kunit_info(test, "%d calls: %d register, %d unregister, %d bad, %d fault\n",
+		   it, calls[0], calls[1], calls[2], calls[3]);
+}
+
+static struct kunit_case hmm_fuzz_cases[] = {
+	KUNIT_CASE_SLOW(hmm_fuzz_range_fault),
+	KUNIT_CASE_SLOW(hmm_fuzz_mirror_calls),
+	{}
+};
+
+static struct kunit_suite hmm_fuzz_suite = {
+	.name = "hmm_fuzz",
+	.test_cases = hmm_fuzz_cases,
+};
+
+kunit_test_suite(hmm_fuzz_suite);
 
 /* ---------------------------------------------------------------------
  * hmm_dma: DMA mappings of mirrored pages (include/linux/hmm-dma.h).

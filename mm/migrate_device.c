@@ -429,12 +429,38 @@ static bool mdev_isolate_lru(struct folio *folio, bool *drained)
 }
 
 /*
+ * An anonymous source keeps its anon_vma pinned from mdev_unmap() until
+ * its migration entries are gone (see mdev_unmap()).  Under the mmap lock
+ * the vma keeps the anon_vma alive even if collection already unmapped
+ * the folio, so a plain reference will do; without it only a folio that
+ * is still mapped has a live anon_vma, and false means it is mapped
+ * nowhere.
+ */
+static bool mdev_pin_anon_vma(struct folio *folio, bool mm_locked)
+{
+	if (!folio_test_anon(folio) || folio_test_ksm(folio))
+		return true;
+	if (mm_locked) {
+		get_anon_vma(folio_anon_vma(folio));
+		return true;
+	}
+	return folio_get_anon_vma(folio);
+}
+
+static void mdev_unpin_anon_vma(struct folio *folio)
+{
+	if (folio_test_anon(folio) && !folio_test_ksm(folio))
+		put_anon_vma(folio_anon_vma(folio));
+}
+
+/*
  * Undo collection of one source whose migration will not happen: map it
  * back wherever it was unmapped, unlock it and give it back.
  */
 static void mdev_release_source(struct folio *folio, bool isolated)
 {
 	remove_migration_ptes(folio, folio, 0);
+	mdev_unpin_anon_vma(folio);
 	folio_unlock(folio);
 	if (isolated)
 		folio_putback_lru(folio);
@@ -448,9 +474,16 @@ static void mdev_release_source(struct folio *folio, bool isolated)
  * them for migrate_device_range()), and refuse folios that someone else
  * still references, such as a GUP pin. Refused entries are released and
  * zeroed. Returns how many entries still migrate.
+ *
+ * The rmap walk that later replaces the migration entries needs the
+ * anon_vma of an anonymous folio.  Without the mmap lock (@mm_locked
+ * false: migrate_device_range() and friends) the process may unmap the
+ * folio and free its anon_vma meanwhile, so, as migrate_pages() does,
+ * pin it here; a folio whose anon_vma cannot be pinned is mapped nowhere
+ * any more and is dropped without walking its rmap.
  */
 static unsigned long mdev_unmap(unsigned long *src, unsigned long npages,
-				struct page *fault_page)
+				struct page *fault_page, bool mm_locked)
 {
 	unsigned long i, nr = 0;
 	bool drained = false;
@@ -463,6 +496,12 @@ static unsigned long mdev_unmap(unsigned long *src, unsigned long npages,
 
 		if (!folio) {
 			nr += !!(src[i] & MIGRATE_PFN_MIGRATE);
+			continue;
+		}
+		if (!mdev_pin_anon_vma(folio, mm_locked)) {
+			folio_unlock(folio);
+			folio_put(folio);
+			src[i] = 0;
 			continue;
 		}
 
@@ -542,7 +581,7 @@ int migrate_vma_setup(struct migrate_vma *args)
 
 	mdev_collect(args);
 	if (args->cpages)
-		args->cpages = mdev_unmap(args->src, nr, args->fault_page);
+		args->cpages = mdev_unmap(args->src, nr, args->fault_page, true);
 	return 0;
 }
 EXPORT_SYMBOL(migrate_vma_setup);
@@ -762,6 +801,7 @@ static void mdev_finish(unsigned long *src, unsigned long *dst,
 			continue;
 
 		remove_migration_ptes(sfolio, moved ? dfolio : sfolio, 0);
+		mdev_unpin_anon_vma(sfolio);
 		folio_unlock(sfolio);
 		if (moved || folio_is_zone_device(sfolio))
 			folio_put(sfolio);
@@ -834,7 +874,7 @@ int migrate_device_range(unsigned long *src_pfns, unsigned long start,
 
 	for (i = 0; i < npages; i++)
 		src_pfns[i] = mdev_grab_pfn(start + i);
-	mdev_unmap(src_pfns, npages, NULL);
+	mdev_unmap(src_pfns, npages, NULL, false);
 	return 0;
 }
 EXPORT_SYMBOL(migrate_device_range);
@@ -857,7 +897,7 @@ int migrate_device_pfns(unsigned long *src_pfns, unsigned long npages)
 
 	for (i = 0; i < npages; i++)
 		src_pfns[i] = mdev_grab_pfn(src_pfns[i]);
-	mdev_unmap(src_pfns, npages, NULL);
+	mdev_unmap(src_pfns, npages, NULL, false);
 	return 0;
 }
 EXPORT_SYMBOL(migrate_device_pfns);
@@ -914,7 +954,7 @@ int migrate_device_coherent_folio(struct folio *folio)
 
 	folio_lock(folio);
 	src = migrate_pfn(folio_pfn(folio)) | MIGRATE_PFN_MIGRATE;
-	if (!mdev_unmap(&src, 1, NULL))
+	if (!mdev_unmap(&src, 1, NULL, false))
 		return -EBUSY;
 
 	dfolio = folio_alloc(GFP_USER | __GFP_NOWARN, 0);
