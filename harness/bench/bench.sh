@@ -15,9 +15,11 @@
 # hits both; harness/bench/table.py then prints the table and writes
 # $OUT/bench/{results.md,raw.txt,*.png}.
 #
-# BENCH_ROUNDS (default 3) boots per kernel, BENCH_REPS (default 5)
-# repetitions of every case per boot, BENCH_MAX_MB (default 1024) largest
-# buffer; BENCH_CASES=a,b runs only the cases whose names start so.
+# BENCH_ROUNDS (default 3) boots per kernel, BENCH_REPS (default 3)
+# timed repetitions of every case per boot, BENCH_MAX_MB (default 1024)
+# largest buffer, BENCH_FULL=1 runs every case up to that size (by default
+# the slow ones stop earlier, see hmm-bench.c), BENCH_CASES=a,b runs only
+# the cases whose names start so, BENCH_KERNELS="ours" boots only ours.
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 
@@ -25,7 +27,7 @@ LOGS=$OUT/logs/bench
 SRC=$OUT/linux-bench
 RESULTS=$OUT/bench
 ROUNDS=${BENCH_ROUNDS:-3}
-REPS=${BENCH_REPS:-5}
+REPS=${BENCH_REPS:-3}
 MAX_MB=${BENCH_MAX_MB:-1024}
 CASES=${BENCH_CASES:-}
 LIMIT=${QEMU_TIMEOUT:-900}
@@ -128,6 +130,7 @@ boot() {
 	rm -f "$out" "$con"
 	args="-r,$REPS,-m,$MAX_MB"
 	[ -z "$CASES" ] || args="$args,-c,$CASES"
+	[ -z "${BENCH_FULL:-}" ] || args="$args,-f"
 	append="console=ttyS0 panic=-1 oops=panic loglevel=7 hmmharness=bench hmmflavor=normal"
 	append="$append memmap=512M\$0x80000000"
 	append="$append test_hmm.spm_addr_dev0=0x80000000 test_hmm.spm_addr_dev1=0x90000000"
