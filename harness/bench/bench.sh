@@ -129,7 +129,8 @@ boot() {
 	con=$LOGS/$name-$round.console
 	rm -f "$out" "$con"
 	args="-r,$REPS,-m,$MAX_MB"
-	[ -z "$CASES" ] || args="$args,-c,$CASES"
+	# The guest splits hmmbenchargs at commas: cases are joined by "+".
+	[ -z "$CASES" ] || args="$args,-c,${CASES//,/+}"
 	[ -z "${BENCH_FULL:-}" ] || args="$args,-f"
 	append="console=ttyS0 panic=-1 oops=panic loglevel=7 hmmharness=bench hmmflavor=normal"
 	append="$append memmap=512M\$0x80000000"
@@ -186,7 +187,8 @@ report() {
 	done
 	python3 "$HARNESS/bench/table.py" --raw "$RESULTS/raw.txt" --out "$RESULTS" \
 		--machine "$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
-		--rounds "$ROUNDS" --reps "$REPS"
+		--rounds "$ROUNDS" --reps "$REPS" \
+		--note "ours: $(git -C "$LINUX" rev-parse --short HEAD), $(git -C "$LINUX" rev-list --count base..HEAD) commits on base; upstream: base, $(git -C "$LINUX" log -1 --format=%s base)"
 	if command -v gnuplot >/dev/null; then
 		(cd "$RESULTS" && gnuplot "$HARNESS/bench/plot.gp") >"$LOGS/gnuplot.log" 2>&1 ||
 			die "gnuplot failed (log in $LOGS/gnuplot.log)"

@@ -680,11 +680,11 @@ static int wanted(const char *name)
 	if (!p)
 		return 1;
 	while (*p) {
-		len = strcspn(p, ",");
-		if (!strncmp(name, p, len))
+		len = strcspn(p, ",+");
+		if (len && !strncmp(name, p, len))
 			return 1;
 		p += len;
-		if (*p == ',')
+		if (*p)
 			p++;
 	}
 	return 0;
@@ -712,7 +712,7 @@ int main(int argc, char **argv)
 			full = 1;
 			break;
 		default:
-			fprintf(stderr, "usage: %s [-r reps] [-m max_MiB] [-c case,...] [-f]\n",
+			fprintf(stderr, "usage: %s [-r reps] [-m max_MiB] [-c case,case+case...] [-f]\n",
 				argv[0]);
 			return 2;
 		}

@@ -97,6 +97,8 @@ def load(path):
                 figs[key][kernel].kernel_ns.append(int(w[9]))
             elif tag == 'INFO':
                 msg = ' '.join(w[3:])
+                if msg.startswith('case '):
+                    continue
                 if msg not in info[kernel]:
                     info[kernel].append(msg)
             elif tag == 'BENCH-ERROR':
@@ -266,6 +268,7 @@ def main():
     ap.add_argument('--machine', default='unknown machine')
     ap.add_argument('--rounds', type=int, default=0)
     ap.add_argument('--reps', type=int, default=0)
+    ap.add_argument('--note', default='')
     args = ap.parse_args()
 
     figs, info, errors = load(args.raw)
@@ -283,6 +286,8 @@ def main():
             'faster). Kernel ms: time inside the HMM functions of the '
             'case (ftrace function profiler, one profiled repetition '
             'per boot, median over boots).']
+    if args.note:
+        head.append(args.note)
     for k in KERNELS:
         if info[k]:
             head.append(f'{k}: ' + '; '.join(info[k]))
