@@ -20,6 +20,9 @@
 # largest buffer, BENCH_FULL=1 runs every case up to that size (by default
 # the slow ones stop earlier, see hmm-bench.c), BENCH_CASES=a,b runs only
 # the cases whose names start so, BENCH_KERNELS="ours" boots only ours.
+
+# bench_build points $LINUX at the bench tree in a subshell, on purpose.
+# shellcheck disable=SC2030,SC2031
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 
@@ -32,7 +35,7 @@ MAX_MB=${BENCH_MAX_MB:-1024}
 CASES=${BENCH_CASES:-}
 LIMIT=${QEMU_TIMEOUT:-900}
 KERNELS=${BENCH_KERNELS:-ours upstream}
-FRAGMENTS="$HARNESS/configs/base.config $(ls "$HARNESS"/configs/bench/*.config | xargs)"
+FRAGMENTS="$HARNESS/configs/base.config $(echo "$HARNESS"/configs/bench/*.config)"
 
 bench_build_dir() { echo "$OUT/build-bench-$1"; }
 
@@ -67,7 +70,7 @@ bench_build() {
 		LINUX=$SRC
 		renice -n 10 -p "$BASHPID" >/dev/null
 		if [ ! -f "$dir/.config" ] || [ "$(cat "$dir/.hmm-config" 2>/dev/null)" != "$(config_id)" ]; then
-			step "configuring the $name bench kernel (tinyconfig + $(echo $FRAGMENTS | xargs -n1 basename | xargs))"
+			step "configuring the $name bench kernel (tinyconfig + $(echo "$FRAGMENTS" | xargs -n1 basename | xargs))"
 			# shellcheck disable=SC2086
 			kconfig_make "$dir" "$name" $FRAGMENTS
 			config_id >"$dir/.hmm-config"
@@ -149,8 +152,8 @@ boot() {
 		[ $((t % 15)) -eq 0 ] || continue
 		printf '    ... [%s] %s kernel, round %d/%d: %ds, %s\n' "$(elapsed)" \
 			"$name" "$round" "$ROUNDS" "$t" \
-			"$(grep -a '^BENCH ' "$out" 2>/dev/null | tail -n 1 | cut -d' ' -f2,3 |
-				awk '{ printf "last done: %s %d MiB", $1, $2 / 1048576 }')"
+			"$(grep -a '^BENCH ' "$out" 2>/dev/null | awk 'NF >= 9' | tail -n 1 |
+				awk '{ printf "last done: %s %d MiB", $2, $3 / 1048576 }')"
 	done
 	wait "$pid" && rc=0 || rc=$?
 	[ "$rc" -ne 124 ] || { tail -n 20 "$con" >&2; die "$name guest killed after ${LIMIT}s (console tail above)"; }
@@ -192,7 +195,7 @@ report() {
 	if command -v gnuplot >/dev/null; then
 		(cd "$RESULTS" && gnuplot "$HARNESS/bench/plot.gp") >"$LOGS/gnuplot.log" 2>&1 ||
 			die "gnuplot failed (log in $LOGS/gnuplot.log)"
-		info "plots: $(ls "$RESULTS"/*.png | xargs)"
+		info "plot: $RESULTS/sweep.png"
 	else
 		warn "gnuplot is missing: no plot (harness/setup.sh bench installs it)"
 	fi

@@ -240,6 +240,12 @@ def summary(rows):
     for r in rows:
         if r['target'] and r['case'] not in seen:
             seen.append(r['case'])
+    ctl = [r['speedup'] for r in rows
+           if r['case'] == 'memcpy' and r['speedup'] is not None]
+    if ctl:
+        lines.append('control: memcpy runs the same code on both kernels, '
+                     f'its speedup ({min(ctl):.2f}x .. {max(ctl):.2f}x) '
+                     'shows how much host noise this run had')
     for case in seen:
         rs = [r for r in rows if r['case'] == case]
         met = [r for r in rs if r['met'].startswith('met')]
