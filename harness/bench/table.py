@@ -21,27 +21,26 @@ import sys
 
 KERNELS = ('ours', 'upstream')
 
-# case -> (target speedup, also "within 2x of memcpy"), from the issue.
+# case -> (target speedup, also "within 2x of memcpy", judged on kernel
+# time), from the issue. What a mirror adds to munmap/mprotect is the time
+# the kernel spends in the mmu notifiers of the *-mirror case: without a
+# notifier that call does not happen at all.
 TARGETS = {
-    'snapshot-4k': (1.0, False),
-    'snapshot-thp': (1.0, False),
-    'fault-read': (1.5, False),
-    'fault-write': (1.5, False),
-    'migrate-dev-4k': (1.0, True),
-    'migrate-dev-thp': (3.0, True),
-}
-
-# Rows derived from two cases: what an active mirror adds to an operation.
-OVERHEADS = {
-    'munmap-overhead': ('munmap-mirror', 'munmap-plain'),
-    'mprotect-overhead': ('mprotect-mirror', 'mprotect-plain'),
+    'snapshot-4k': (1.0, False, False),
+    'snapshot-thp': (1.0, False, False),
+    'fault-read': (1.5, False, False),
+    'fault-write': (1.5, False, False),
+    'migrate-dev-4k': (1.0, True, False),
+    'migrate-dev-thp': (3.0, True, False),
+    'munmap-mirror': (1.0, False, True),
+    'mprotect-mirror': (1.0, False, True),
 }
 
 ORDER = ['memcpy', 'snapshot-4k', 'snapshot-thp', 'fault-read', 'fault-write',
          'dev-read', 'dev-write', 'migrate-dev-4k', 'migrate-sys',
          'migrate-dev-thp', 'cpu-fault-back', 'munmap-plain', 'munmap-mirror',
-         'munmap-overhead', 'mprotect-plain', 'mprotect-mirror',
-         'mprotect-overhead', 'exclusive-grant', 'exclusive-revoke']
+         'mprotect-plain', 'mprotect-mirror', 'exclusive-grant',
+         'exclusive-revoke']
 
 # Panels of the size-sweep plot.
 PLOTTED = ['snapshot-4k', 'snapshot-thp', 'fault-write', 'dev-read',
@@ -132,9 +131,7 @@ def build_rows(figs):
     sizes = sorted({s for _, s in figs})
     for case in ORDER:
         for size in sizes:
-            if case in OVERHEADS:
-                row = overhead_row(figs, case, size)
-            elif (case, size) in figs:
+            if (case, size) in figs:
                 row = case_row(figs, case, size)
             else:
                 row = None
@@ -154,10 +151,13 @@ def case_row(figs, case, size):
         'target': '', 'met': '',
     }
     row['kspeedup'] = ratio(row['up_k'], row['ours_k'])
-    if case in TARGETS and row['speedup'] is not None:
-        want, vs_memcpy = TARGETS[case]
-        row['target'] = f'>= {want:.1f}x'
-        met = row['speedup'] >= want
+    if case in TARGETS:
+        want, vs_memcpy, on_kernel = TARGETS[case]
+        got = row['kspeedup'] if on_kernel else row['speedup']
+        if got is None:
+            return row
+        row['target'] = f'>= {want:.1f}x' + (' kernel' if on_kernel else '')
+        met = got >= want
         mc = figs.get(('memcpy', size))
         if vs_memcpy and mc and mc['ours'].median():
             limit = o / mc['ours'].median()
@@ -169,26 +169,6 @@ def case_row(figs, case, size):
         else:
             row['met'] = 'met' if met else 'MISSED'
     return row
-
-
-def overhead_row(figs, case, size):
-    mirror, plain = OVERHEADS[case]
-    if (mirror, size) not in figs or (plain, size) not in figs:
-        return None
-    m, p = figs[(mirror, size)], figs[(plain, size)]
-    o, u = (m[k].median() - p[k].median()
-            if m[k].median() is not None and p[k].median() is not None
-            else None for k in KERNELS)
-    if o is None or u is None:
-        return None
-    # Overheads can be zero or negative (noise): compare them directly.
-    return {
-        'case': case, 'size': size, 'ours': o, 'upstream': u,
-        'ours_spread': None, 'up_spread': None, 'speedup': None,
-        'ours_k': None, 'up_k': None, 'kspeedup': None,
-        'target': 'ours <= upstream',
-        'met': 'met' if o <= u or o <= 0 else 'MISSED',
-    }
 
 
 def with_spread(ns, spread):
