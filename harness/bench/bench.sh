@@ -184,7 +184,7 @@ report() {
 	: >"$RESULTS/raw.txt"
 	for r in $(seq 1 "$ROUNDS"); do
 		for k in $KERNELS; do
-			grep -a -E '^(BENCH|SAMPLE|INFO) ' "$LOGS/$k-$r.out" |
+			grep -a -E '^(BENCH|SAMPLE|INFO|REDO) ' "$LOGS/$k-$r.out" |
 				sed "s/^/$k $r /" >>"$RESULTS/raw.txt"
 		done
 	done

@@ -14,6 +14,7 @@
  *
  * Output, one line per figure (the host's harness/bench/table.py reads it):
  *   SAMPLE case size_bytes ns
+ *   REDO   case size_bytes why       (a void repetition, done again)
  *   BENCH  case size_bytes ns_median ns_min ns_max reps kernel_ns kcalls
  * kernel_ns/kcalls are -1 when the profiler is unavailable or the case
  * has no kernel function to profile. Exit status 1 on any failed check.
@@ -301,6 +302,13 @@ static char *buf_populated(size_t size, int thp, unsigned int seed)
 
 /* ---- the device ---- */
 
+/*
+ * Set while a failure means "this repetition is void, redo it": migration
+ * is best effort (a page another CPU briefly holds stays behind) and a
+ * driver may refuse the whole request then. Reported as a REDO line.
+ */
+static int dmirror_may_fail;
+
 static int dmirror(unsigned long req, void *addr, void *ptr, size_t size,
 		   const char *what)
 {
@@ -314,9 +322,19 @@ static int dmirror(unsigned long req, void *addr, void *ptr, size_t size,
 	do {
 		ret = ioctl(dev_fd, req, &cmd);
 	} while (ret && (errno == EINTR || errno == EBUSY) && ++tries < 100);
+	if (ret && dmirror_may_fail) {
+		printf("REDO %s %zu ioctl: %s\n", what, size, strerror(errno));
+		return -1;
+	}
 	if (ret) {
 		fail("%s: %zu MiB: ioctl: %s", what, size / MIB,
 		     strerror(errno));
+		return -1;
+	}
+	if (cmd.cpages != cmd.npages && dmirror_may_fail) {
+		printf("REDO %s %zu %llu of %llu pages\n", what, size,
+		       (unsigned long long)cmd.cpages,
+		       (unsigned long long)cmd.npages);
 		return -1;
 	}
 	if (cmd.cpages != cmd.npages) {
@@ -540,9 +558,9 @@ static void case_migrate(size_t size, int thp)
 {
 	char *p, *bounce = malloc(size);
 	struct series to_dev, back;
+	int r, prof, redo = 0, ret;
 	uint64_t t0;
 	size_t i;
-	int r, prof;
 
 	series_init(&to_dev, thp ? "migrate-dev-thp" : "migrate-dev-4k", size);
 	series_init(&back, thp ? "cpu-fault-back" : "migrate-sys", size);
@@ -550,8 +568,20 @@ static void case_migrate(size_t size, int thp)
 		p = buf_populated(size, thp, 8 + r);
 		memset(bounce, 0, size);
 		timed_begin(prof, &t0);
-		if (dmirror(HMM_DMIRROR_MIGRATE_TO_DEV, p, bounce, size,
-			    to_dev.name))
+		dmirror_may_fail = redo < 5;
+		ret = dmirror(HMM_DMIRROR_MIGRATE_TO_DEV, p, bounce, size,
+			      to_dev.name);
+		dmirror_may_fail = 0;
+		if (ret && redo++ < 5) {
+			/* Void: redo this repetition on a fresh buffer. */
+			if (prof && !quiet)
+				profiler_stop(NULL, &to_dev.kernel_ns,
+					      &to_dev.kcalls);
+			munmap(p, size);
+			r--;
+			continue;
+		}
+		if (ret)
 			break;
 		timed_end(&to_dev, prof, t0, KF_MIGRATE);
 		buf_check(to_dev.name, bounce, size, 8 + r);

@@ -79,6 +79,7 @@ class Figure:
 def load(path):
     figs = {}
     info = {k: [] for k in KERNELS}
+    redo = {k: [] for k in KERNELS}
     errors = []
     with open(path) as f:
         for line in f:
@@ -100,9 +101,12 @@ def load(path):
                     continue
                 if msg not in info[kernel]:
                     info[kernel].append(msg)
+            elif tag == 'REDO':
+                redo[kernel].append(f'{w[3]} {int(w[4]) >> 20} MiB '
+                                    f'({" ".join(w[5:])})')
             elif tag == 'BENCH-ERROR':
                 errors.append(line.strip())
-    return figs, info, errors
+    return figs, info, redo, errors
 
 
 def fmt_ms(ns):
@@ -257,7 +261,7 @@ def main():
     ap.add_argument('--note', default='')
     args = ap.parse_args()
 
-    figs, info, errors = load(args.raw)
+    figs, info, redo, errors = load(args.raw)
     if not figs:
         sys.exit('no benchmark figures in ' + args.raw)
     rows = build_rows(figs)
@@ -278,6 +282,11 @@ def main():
         if info[k]:
             head.append(f'{k}: ' + '; '.join(info[k]))
     summ = summary(rows)
+    for k in KERNELS:
+        if redo[k]:
+            summ.append(f'{k}: {len(redo[k])} repetitions redone, the '
+                        'driver did not migrate every page: ' +
+                        '; '.join(redo[k]))
 
     print('\n'.join(head))
     print()
