@@ -10,8 +10,6 @@ PACKAGES="linux-source-6.12 qemu-system-x86 busybox-static gcc make flex bison
 bc libelf-dev libssl-dev cpio ccache dwarves xz-utils git python3 perl kmod
 python3-ply python3-git
 rsync gzip"
-# make bench (setup.sh bench) also draws its plot.
-[ "${1:-}" != bench ] || PACKAGES="$PACKAGES gnuplot-nox"
 
 # Extra packages a command needs beyond the common set, as arguments.
 PACKAGES="$PACKAGES $*"

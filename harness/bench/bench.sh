@@ -197,7 +197,7 @@ report() {
 			die "gnuplot failed (log in $LOGS/gnuplot.log)"
 		info "plot: $RESULTS/sweep.png"
 	else
-		warn "gnuplot is missing: no plot (harness/setup.sh bench installs it)"
+		warn "gnuplot is missing: no plot (make bench installs it)"
 	fi
 }
 
