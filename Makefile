@@ -5,7 +5,7 @@
 OUT ?= $(CURDIR)/out
 export OUT
 
-.PHONY: run test kernel shell series checkpatch compat clean help
+.PHONY: run test kernel shell series checkpatch compat bench clean help
 
 help:
 	@echo "make run         set up, build, boot QEMU and run the HMM demo"
@@ -15,8 +15,9 @@ help:
 	@echo "make series      write the patch series to out/series and checkpatch it"
 	@echo "make checkpatch  run checkpatch --strict on our files and patches"
 	@echo "make compat      compile the in-tree users of the API against our headers"
+	@echo "make bench       our HMM against pristine upstream 6.12, side by side"
 
-run test kernel shell series checkpatch compat:
+run test kernel shell series checkpatch compat bench:
 	@harness/hmm $@
 
 clean:
