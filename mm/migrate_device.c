@@ -275,7 +275,7 @@ static unsigned long mdev_collect_batch(struct migrate_vma *args,
 	struct mdev_batch batch = { .nr = 0, .flush = false };
 	unsigned long first = addr;
 	pte_t *base, *ptep;
-	spinlock_t *ptl;
+	spinlock_t *ptl;	/* the page table lock */
 	unsigned int i;
 
 	base = pte_offset_map_lock(vma->vm_mm, pmdp, addr, &ptl);
@@ -327,7 +327,7 @@ static bool mdev_split_huge_pmd(struct migrate_vma *args, pmd_t *pmdp,
 {
 	struct vm_area_struct *vma = args->vma;
 	struct folio *folio;
-	spinlock_t *ptl;
+	spinlock_t *ptl;	/* the page table lock */
 	pmd_t pmd;
 
 	ptl = pmd_lock(vma->vm_mm, pmdp);
@@ -631,7 +631,7 @@ static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
 	struct mm_struct *mm = vma->vm_mm;
 	struct folio *folio = page_folio(page);
 	bool inserted = false;
-	spinlock_t *ptl;
+	spinlock_t *ptl;	/* the page table lock */
 	pmd_t *pmdp;
 	pte_t *ptep;
 
