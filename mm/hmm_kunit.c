@@ -1167,6 +1167,33 @@ static void mk_snapshot(struct kunit *test, struct hk_notifier *hn,
 			  page_to_pfn(hmm_pfn_to_page(pfns[i])) : 0;
 }
 
+/* migrate_vma_setup() of the MK_NPAGES system pages at @addr. */
+static void mk_setup(struct kunit *test, struct migrate_vma *args,
+		     unsigned long addr, unsigned long *src,
+		     unsigned long *dst)
+{
+	memset(args, 0, sizeof(*args));
+	args->vma = vma_lookup(current->mm, addr);
+	args->start = addr;
+	args->end = addr + MK_NPAGES * PAGE_SIZE;
+	args->src = src;
+	args->dst = dst;
+	args->flags = MIGRATE_VMA_SELECT_SYSTEM;
+	KUNIT_ASSERT_EQ(test, migrate_vma_setup(args), 0);
+}
+
+/* The process maps exactly the destination pages of @dst now. */
+static void mk_expect_mapped(struct kunit *test, struct hk_notifier *hn,
+			     unsigned long addr, const unsigned long *dst)
+{
+	unsigned long now[MK_NPAGES], i;
+
+	mk_snapshot(test, hn, addr, MK_NPAGES, now);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_EQ_MSG(test, now[i], dst[i] >> MIGRATE_PFN_SHIFT,
+				    "page %lu", i);
+}
+
 /* Bad arguments are refused before anything is touched. */
 static void mdev_test_bad_args(struct kunit *test)
 {
@@ -1218,9 +1245,9 @@ static void mdev_test_bad_args(struct kunit *test)
  */
 static void mdev_test_system_round_trip(struct kunit *test)
 {
-	unsigned long src[MK_NPAGES], dst[MK_NPAGES], now[MK_NPAGES];
+	unsigned long src[MK_NPAGES], dst[MK_NPAGES];
 	const unsigned long written = 4, zero = 2;
-	struct migrate_vma args = { 0 };
+	struct migrate_vma args;
 	unsigned long addr, i;
 	struct hk_notifier *hn;
 	struct mm_struct *mm;
@@ -1237,13 +1264,7 @@ static void mdev_test_system_round_trip(struct kunit *test)
 	}
 
 	mmap_read_lock(mm);
-	args.vma = vma_lookup(mm, addr);
-	args.start = addr;
-	args.end = addr + MK_NPAGES * PAGE_SIZE;
-	args.src = src;
-	args.dst = dst;
-	args.flags = MIGRATE_VMA_SELECT_SYSTEM;
-	KUNIT_ASSERT_EQ(test, migrate_vma_setup(&args), 0);
+	mk_setup(test, &args, addr, src, dst);
 	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)MK_NPAGES);
 	KUNIT_EXPECT_GE(test, atomic_read(&hn->invalidations), 1);
 	for (i = 0; i < MK_NPAGES; i++) {
@@ -1270,10 +1291,7 @@ static void mdev_test_system_round_trip(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr + written * PAGE_SIZE,
 					    (MK_NPAGES - written) * PAGE_SIZE,
 					    22), 0);
-	mk_snapshot(test, hn, addr, MK_NPAGES, now);
-	for (i = 0; i < MK_NPAGES; i++)
-		KUNIT_EXPECT_EQ_MSG(test, now[i], dst[i] >> MIGRATE_PFN_SHIFT,
-				    "page %lu", i);
+	mk_expect_mapped(test, hn, addr, dst);
 }
 
 /*
@@ -1285,7 +1303,7 @@ static void mdev_test_restore_without_dst(struct kunit *test)
 	unsigned long src[MK_NPAGES], dst[MK_NPAGES];
 	unsigned long before[MK_NPAGES], after[MK_NPAGES];
 	const unsigned long written = 6;
-	struct migrate_vma args = { 0 };
+	struct migrate_vma args;
 	struct hk_notifier *hn;
 	struct mm_struct *mm;
 	unsigned long addr, i;
@@ -1297,13 +1315,7 @@ static void mdev_test_restore_without_dst(struct kunit *test)
 	mk_snapshot(test, hn, addr, MK_NPAGES, before);
 
 	mmap_read_lock(mm);
-	args.vma = vma_lookup(mm, addr);
-	args.start = addr;
-	args.end = addr + MK_NPAGES * PAGE_SIZE;
-	args.src = src;
-	args.dst = dst;
-	args.flags = MIGRATE_VMA_SELECT_SYSTEM;
-	KUNIT_ASSERT_EQ(test, migrate_vma_setup(&args), 0);
+	mk_setup(test, &args, addr, src, dst);
 	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)MK_NPAGES);
 	migrate_vma_pages(&args);
 	for (i = 0; i < MK_NPAGES; i++)
@@ -1326,7 +1338,7 @@ static void mdev_test_pinned_page_stays(struct kunit *test)
 {
 	unsigned long src[MK_NPAGES], dst[MK_NPAGES], now[MK_NPAGES];
 	const unsigned long pinned_idx = 3;
-	struct migrate_vma args = { 0 };
+	struct migrate_vma args;
 	struct hk_notifier *hn;
 	struct mm_struct *mm;
 	struct page *pinned;
@@ -1340,13 +1352,7 @@ static void mdev_test_pinned_page_stays(struct kunit *test)
 						  1, FOLL_WRITE, &pinned), 1);
 
 	mmap_read_lock(mm);
-	args.vma = vma_lookup(mm, addr);
-	args.start = addr;
-	args.end = addr + MK_NPAGES * PAGE_SIZE;
-	args.src = src;
-	args.dst = dst;
-	args.flags = MIGRATE_VMA_SELECT_SYSTEM;
-	KUNIT_ASSERT_EQ(test, migrate_vma_setup(&args), 0);
+	mk_setup(test, &args, addr, src, dst);
 	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)MK_NPAGES - 1);
 	KUNIT_EXPECT_EQ(test, src[pinned_idx], 0UL);
 	for (i = 0; i < MK_NPAGES; i++) {
@@ -1381,7 +1387,7 @@ static void mdev_test_pinned_page_stays(struct kunit *test)
  */
 static void mdev_test_device_pfns(struct kunit *test)
 {
-	unsigned long src[MK_NPAGES], dst[MK_NPAGES], now[MK_NPAGES];
+	unsigned long src[MK_NPAGES], dst[MK_NPAGES];
 	struct hk_notifier *hn;
 	unsigned long addr, i;
 
@@ -1407,10 +1413,7 @@ static void mdev_test_device_pfns(struct kunit *test)
 	migrate_device_finalize(src, dst, MK_NPAGES);
 
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr, MK_NPAGES * PAGE_SIZE, 26), 0);
-	mk_snapshot(test, hn, addr, MK_NPAGES, now);
-	for (i = 0; i < MK_NPAGES; i++)
-		KUNIT_EXPECT_EQ_MSG(test, now[i], dst[i] >> MIGRATE_PFN_SHIFT,
-				    "page %lu", i);
+	mk_expect_mapped(test, hn, addr, dst);
 }
 
 static struct kunit_case mdev_test_cases[] = {
