@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Moving anonymous memory between system RAM and device memory.
+ * Moving anonymous and shmem memory between system RAM and device memory.
  *
  * A migration runs in three calls so that the driver can do the copy
  * with its own engine in between:
@@ -20,11 +20,24 @@
  * in src with MIGRATE_PFN_MIGRATE and no page is an empty slot of an
  * anonymous mapping that the driver may fill with a fresh page.
  *
- * Only anonymous, order-0 folios move. Large folios are split during
+ * Only order-0 folios move. Large anonymous folios are split during
  * collection; a folio that cannot be split, locked or unmapped, or that
  * has extra references (GUP pins), stays where it is and its entry comes
  * back without MIGRATE_PFN_MIGRATE. Callers treat every entry as
  * best-effort and check the flag after each step.
+ *
+ * Pages of a shmem file move too. They are found through the page cache,
+ * mapped or not, and unmapped everywhere rather than replaced by
+ * migration entries. Device-coherent memory takes the folio's place in
+ * the page cache. Device-private memory, only for drivers that implement
+ * dev_pagemap_ops.copy_to_ram, is represented by a device-private entry
+ * in the page cache, not by page table entries (see
+ * shmem_folio_to_device()). Any access other than through a device
+ * mirror then goes through shmem_get_folio_gfp(), which calls
+ * migrate_device_file_fault() to copy it back; truncation drops it with
+ * migrate_device_file_free(). Whenever such an entry leaves the page
+ * cache, every mirror of the file is invalidated first, since
+ * hmm_range_fault() reports the entry to its device without a PTE.
  */
 #include <linux/export.h>
 #include <linux/memcontrol.h>
@@ -34,8 +47,10 @@
 #include <linux/mm_inline.h>
 #include <linux/mmu_notifier.h>
 #include <linux/oom.h>
+#include <linux/pagemap.h>
 #include <linux/pagewalk.h>
 #include <linux/rmap.h>
+#include <linux/shmem_fs.h>
 #include <linux/swap.h>
 #include <linux/swapops.h>
 #include <linux/userfaultfd_k.h>
@@ -89,12 +104,115 @@ static bool mdev_page_selected(const struct migrate_vma *args,
 	return args->flags & MIGRATE_VMA_SELECT_SYSTEM;
 }
 
-/* An empty slot: anonymous mappings let the driver populate it. */
-static void mdev_mark_empty(struct migrate_vma *args, unsigned long idx)
+/*
+ * Pages of this vma are in a shmem file's page cache: tmpfs, memfd,
+ * shared anonymous memory and SysV shared memory.
+ */
+static bool mdev_vma_is_shmem(struct vm_area_struct *vma)
 {
+	return shmem_file(vma->vm_file);
+}
+
+/* A page cache folio, not an anonymous one (which has ->mapping too). */
+static bool mdev_folio_is_file(struct folio *folio)
+{
+	return folio->mapping && !folio_test_anon(folio);
+}
+
+/* A device may write what it got from a shared writable mapping only. */
+static unsigned long mdev_file_write(struct vm_area_struct *vma)
+{
+	if ((vma->vm_flags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE))
+		return MIGRATE_PFN_WRITE;
+	return 0;
+}
+
+/* The folio the page cache entry @entry stands for, if selected. */
+static struct folio *mdev_file_folio(const struct migrate_vma *args,
+				     void *entry)
+{
+	struct page *page;
+	swp_entry_t swp;
+
+	if (!entry)
+		return NULL;
+	if (!xa_is_value(entry))
+		return mdev_page_selected(args, &((struct folio *)entry)->page) ?
+		       entry : NULL;
+	swp = radix_to_swp_entry(entry);
+	if (!is_device_private_entry(swp))
+		return NULL;
+	page = pfn_swap_entry_to_page(swp);
+	return mdev_page_selected(args, page) ? page_folio(page) : NULL;
+}
+
+/*
+ * Collect the folio @entry stands for at @index of @mapping, referenced
+ * and locked, if it is still there once locked. Only small folios move,
+ * and only uptodate ones: a fallocated folio has not been cleared yet.
+ */
+static struct folio *mdev_file_grab(const struct migrate_vma *args,
+				    struct address_space *mapping,
+				    pgoff_t index, void *entry)
+{
+	struct folio *folio;
+
+	rcu_read_lock();
+	folio = mdev_file_folio(args, entry);
+	if (folio && !folio_try_get(folio))
+		folio = NULL;
+	rcu_read_unlock();
+	if (!folio)
+		return NULL;
+
+	if (!folio_trylock(folio))
+		goto put;
+	if (xa_load(&mapping->i_pages, index) != entry ||
+	    folio_test_large(folio) ||
+	    (!folio_is_zone_device(folio) && !folio_test_uptodate(folio)))
+		goto unlock;
+	return folio;
+unlock:
+	folio_unlock(folio);
+put:
+	folio_put(folio);
+	return NULL;
+}
+
+/*
+ * A slot of a shmem mapping with nothing mapped: the page cache may still
+ * hold a folio, or the entry of a page in device-private memory.
+ */
+static void mdev_collect_file(struct migrate_vma *args, unsigned long addr)
+{
+	struct vm_area_struct *vma = args->vma;
+	struct address_space *mapping = vma->vm_file->f_mapping;
+	pgoff_t index = linear_page_index(vma, addr);
+	struct folio *folio;
+
+	folio = mdev_file_grab(args, mapping, index,
+			       xa_load(&mapping->i_pages, index));
+	if (!folio)
+		return;
+	args->src[mdev_index(args, addr)] = migrate_pfn(folio_pfn(folio)) |
+					   MIGRATE_PFN_MIGRATE |
+					   mdev_file_write(vma);
+	args->cpages++;
+}
+
+/*
+ * Nothing mapped at @addr: anonymous mappings let the driver populate the
+ * slot, shmem mappings look at their page cache.
+ */
+static void mdev_collect_empty(struct migrate_vma *args, unsigned long addr)
+{
+	if (mdev_vma_is_shmem(args->vma)) {
+		mdev_collect_file(args, addr);
+		return;
+	}
 	if (!vma_is_anonymous(args->vma))
 		return;
-	args->src[idx] = MIGRATE_PFN_MIGRATE;
+	args->src[mdev_index(args, addr)] = MIGRATE_PFN_MIGRATE;
 	args->cpages++;
 }
 
@@ -105,7 +223,7 @@ static int mdev_collect_hole(unsigned long start, unsigned long end,
 	unsigned long addr;
 
 	for (addr = start; addr < end; addr += PAGE_SIZE)
-		mdev_mark_empty(args, mdev_index(args, addr));
+		mdev_collect_empty(args, addr);
 	return 0;
 }
 
@@ -187,10 +305,12 @@ static void mdev_install_migration_entry(struct migrate_vma *args,
 /*
  * Look at one PTE under the page-table lock. Empty slots and the shared
  * zero page become empty entries (the zero page holds no data, and
- * dropping it here means populating the slot later needs no flush).
- * A selected small anonymous folio is referenced, locked and its PTE
- * cleared into @batch. Returns false, with a reference on *@large, when a
- * large folio must be split before collection can go on at @addr.
+ * dropping it here means populating the slot later needs no flush), or
+ * page cache lookups in a shmem mapping. A selected small anonymous folio
+ * is referenced, locked and its PTE cleared into @batch; a shmem folio
+ * is referenced and locked only. Returns false, with a reference on
+ * *@large, when a large folio must be split before collection can go on
+ * at @addr.
  */
 static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 			    unsigned long addr, struct mdev_batch *batch,
@@ -204,7 +324,7 @@ static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 	bool write;
 
 	if (pte_none(pte)) {
-		mdev_mark_empty(args, idx);
+		mdev_collect_empty(args, addr);
 		return true;
 	}
 
@@ -214,7 +334,7 @@ static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 			    vma_is_anonymous(vma)) {
 				ptep_get_and_clear(vma->vm_mm, addr, ptep);
 				batch->flush = true;
-				mdev_mark_empty(args, idx);
+				mdev_collect_empty(args, addr);
 			}
 			return true;
 		}
@@ -232,7 +352,13 @@ static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 		return true;
 
 	folio = page_folio(page);
-	if (!folio_test_anon(folio) || folio_test_ksm(folio))
+	if (!folio_test_anon(folio)) {
+		/* Unmapped later, with the folio's other mappings. */
+		if (mdev_vma_is_shmem(vma))
+			mdev_collect_file(args, addr);
+		return true;
+	}
+	if (folio_test_ksm(folio))
 		return true;
 	if (folio_test_large(folio)) {
 		if (folio == unsplittable)
@@ -454,12 +580,53 @@ static void mdev_unpin_anon_vma(struct folio *folio)
 }
 
 /*
+ * Make every device that mirrors @mapping forget the page at @index: its
+ * device-private entry is leaving the page cache, and hmm_range_fault()
+ * reports such entries without a PTE whose change would tell the mirrors.
+ */
+static void mdev_file_invalidate(struct address_space *mapping, pgoff_t index)
+{
+	struct mmu_notifier_range range;
+	struct vm_area_struct *vma;
+	unsigned long addr;
+
+	i_mmap_lock_read(mapping);
+	vma_interval_tree_foreach(vma, &mapping->i_mmap, index, index) {
+		addr = vma_address(vma, index, 1);
+		mmu_notifier_range_init(&range, MMU_NOTIFY_CLEAR, 0, vma->vm_mm,
+					addr, addr + PAGE_SIZE);
+		mmu_notifier_invalidate_range_start(&range);
+		mmu_notifier_invalidate_range_end(&range);
+	}
+	i_mmap_unlock_read(mapping);
+}
+
+/*
+ * Take a collected folio out of every page table. Anonymous folios leave
+ * migration entries behind; shmem folios are just unmapped, to be found
+ * again through the page cache, and a shmem page in device memory is in
+ * no page table but may be in device mirrors.
+ */
+static void mdev_unmap_folio(struct folio *folio)
+{
+	if (folio_test_anon(folio)) {
+		if (folio_mapped(folio))
+			try_to_migrate(folio, 0);
+	} else if (folio_is_device_private(folio)) {
+		mdev_file_invalidate(folio->mapping, folio->index);
+	} else if (folio_mapped(folio)) {
+		try_to_unmap(folio, 0);
+	}
+}
+
+/*
  * Undo collection of one source whose migration will not happen: map it
  * back wherever it was unmapped, unlock it and give it back.
  */
 static void mdev_release_source(struct folio *folio, bool isolated)
 {
-	remove_migration_ptes(folio, folio, 0);
+	if (folio_test_anon(folio))
+		remove_migration_ptes(folio, folio, 0);
 	mdev_unpin_anon_vma(folio);
 	folio_unlock(folio);
 	if (isolated)
@@ -510,8 +677,7 @@ static unsigned long mdev_unmap(unsigned long *src, unsigned long npages,
 			if (!isolated)
 				goto refuse;
 		}
-		if (folio_mapped(folio))
-			try_to_migrate(folio, 0);
+		mdev_unmap_folio(folio);
 		if (folio_mapped(folio))
 			goto refuse;
 		/* Ours, the fault path's, and those the swap cache holds. */
@@ -527,6 +693,42 @@ refuse:
 	return nr;
 }
 
+/* Walk to the PMD of @addr, allocating the levels above it. */
+static pmd_t *mdev_pmd_alloc(struct mm_struct *mm, unsigned long addr)
+{
+	pgd_t *pgd = pgd_offset(mm, addr);
+	p4d_t *p4d;
+	pud_t *pud;
+
+	p4d = p4d_alloc(mm, pgd, addr);
+	if (!p4d)
+		return NULL;
+	pud = pud_alloc(mm, p4d, addr);
+	if (!pud)
+		return NULL;
+	return pmd_alloc(mm, pud, addr);
+}
+
+/*
+ * mprotect() tells mirrors about a range only where page tables exist,
+ * and shmem pages in device-private memory are mirrored without PTEs:
+ * give every page of a shmem range a page table before it migrates.
+ */
+static int mdev_file_tables(struct migrate_vma *args)
+{
+	struct mm_struct *mm = args->vma->vm_mm;
+	unsigned long addr;
+	pmd_t *pmdp;
+
+	for (addr = args->start; addr < args->end;
+	     addr = pmd_addr_end(addr, args->end)) {
+		pmdp = mdev_pmd_alloc(mm, addr);
+		if (!pmdp || pte_alloc(mm, pmdp))
+			return -ENOMEM;
+	}
+	return 0;
+}
+
 /**
  * migrate_vma_setup() - collect and unmap the pages of a range for migration
  * @args: the range, the selection and the arrays (see struct migrate_vma)
@@ -536,9 +738,11 @@ refuse:
  * pgmap owner is @args->pgmap_owner) are locked, unmapped from every
  * process and marked MIGRATE_PFN_MIGRATE, with MIGRATE_PFN_WRITE if the
  * mapping was writable. Empty slots of an anonymous mapping are marked
- * MIGRATE_PFN_MIGRATE with no page: the driver may populate them. Other
- * entries are 0. @args->dst is cleared; @args->cpages counts the entries
- * marked for migration and @args->npages is the number of entries.
+ * MIGRATE_PFN_MIGRATE with no page: the driver may populate them. In a
+ * shmem mapping, pages are looked up in the file's page cache, mapped or
+ * not, and its holes are not collected. Other entries are 0. @args->dst
+ * is cleared; @args->cpages counts the entries marked for migration and
+ * @args->npages is the number of entries.
  *
  * The driver then allocates and locks a destination page for each entry
  * it wants, copies the data, stores migrate_pfn() of the destination in
@@ -552,7 +756,8 @@ refuse:
  * @args->cpages and each entry); -EINVAL if the vma is missing, hugetlb,
  * DAX or VM_IO/VM_PFNMAP/VM_MIXEDMAP, if the range is empty or not
  * inside the vma, if an array is missing, or if @args->fault_page is not
- * a device-private page.
+ * a device-private page; -ENOMEM if the page tables of a shmem range
+ * could not be allocated.
  */
 int migrate_vma_setup(struct migrate_vma *args)
 {
@@ -578,6 +783,8 @@ int migrate_vma_setup(struct migrate_vma *args)
 	memset(args->dst, 0, nr * sizeof(*args->dst));
 	args->cpages = 0;
 	args->npages = 0;
+	if (mdev_vma_is_shmem(vma) && mdev_file_tables(args))
+		return -ENOMEM;
 
 	mdev_collect(args);
 	if (args->cpages)
@@ -585,22 +792,6 @@ int migrate_vma_setup(struct migrate_vma *args)
 	return 0;
 }
 EXPORT_SYMBOL(migrate_vma_setup);
-
-/* Walk to the PMD of @addr, allocating the levels above it. */
-static pmd_t *mdev_pmd_alloc(struct mm_struct *mm, unsigned long addr)
-{
-	pgd_t *pgd = pgd_offset(mm, addr);
-	p4d_t *p4d;
-	pud_t *pud;
-
-	p4d = p4d_alloc(mm, pgd, addr);
-	if (!p4d)
-		return NULL;
-	pud = pud_alloc(mm, p4d, addr);
-	if (!pud)
-		return NULL;
-	return pmd_alloc(mm, pud, addr);
-}
 
 static pte_t mdev_new_pte(struct vm_area_struct *vma, struct page *page)
 {
@@ -713,15 +904,48 @@ static void mdev_populate(struct migrate_vma *args)
 }
 
 /*
- * Device memory only takes anonymous folios that are not in the swap
- * cache: a device-private page cannot be looked up through a mapping.
+ * Device memory takes anonymous folios that are not in the swap cache,
+ * and shmem folios from system memory: device-coherent memory as it is,
+ * in the page cache like any folio, device-private memory only if its
+ * driver can copy them back on its own (see migrate_device_file_fault()).
  * Other ZONE_DEVICE kinds (fsdax, p2pdma) are never destinations.
  */
 static bool mdev_destination_ok(struct folio *src, struct folio *dst)
 {
-	if (folio_is_device_private(dst) || folio_is_device_coherent(dst))
+	bool to_device = folio_is_device_private(dst) ||
+			 folio_is_device_coherent(dst);
+
+	if (!to_device)
+		return !folio_is_zone_device(dst);
+	if (!mdev_folio_is_file(src))
 		return !folio_mapping(src);
-	return !folio_is_zone_device(dst);
+	if (folio_is_zone_device(src) || !shmem_mapping(src->mapping))
+		return false;
+	return folio_is_device_coherent(dst) ||
+	       dst->page.pgmap->ops->copy_to_ram;
+}
+
+/*
+ * Move the page cache entry of a shmem source to its destination. With
+ * device-private memory on either side the page cache swaps a folio for a
+ * device-private entry or back; otherwise the destination takes the
+ * folio's place as in any page cache migration, and the source, out of
+ * the page cache now, must not keep pointing at it. Returns false if the
+ * page was truncated or gained a reference.
+ */
+static bool mdev_commit_file(struct folio *sfolio, struct folio *dfolio)
+{
+	if (folio_is_device_private(sfolio))
+		return !shmem_folio_from_device(sfolio, dfolio);
+	/* References: the page cache's and the isolation's. */
+	if (folio_is_device_private(dfolio))
+		return !shmem_folio_to_device(sfolio, dfolio, 2);
+	if (folio_migrate_mapping(sfolio->mapping, dfolio, sfolio, 0) !=
+	    MIGRATEPAGE_SUCCESS)
+		return false;
+	folio_migrate_flags(dfolio, sfolio);
+	sfolio->mapping = NULL;
+	return true;
 }
 
 /*
@@ -744,6 +968,11 @@ static void mdev_commit(unsigned long *src, unsigned long *dst,
 			continue;
 		if (!dfolio || !mdev_destination_ok(sfolio, dfolio))
 			goto keep;
+		if (mdev_folio_is_file(sfolio)) {
+			if (!mdev_commit_file(sfolio, dfolio))
+				goto keep;
+			continue;
+		}
 		extra = fault_page && sfolio == page_folio(fault_page);
 		if (folio_migrate_mapping(folio_mapping(sfolio), dfolio, sfolio,
 					  extra) != MIGRATEPAGE_SUCCESS)
@@ -800,7 +1029,8 @@ static void mdev_finish(unsigned long *src, unsigned long *dst,
 		if (!sfolio)
 			continue;
 
-		remove_migration_ptes(sfolio, moved ? dfolio : sfolio, 0);
+		if (folio_test_anon(sfolio))
+			remove_migration_ptes(sfolio, moved ? dfolio : sfolio, 0);
 		mdev_unpin_anon_vma(sfolio);
 		folio_unlock(sfolio);
 		if (moved || folio_is_zone_device(sfolio))
@@ -836,18 +1066,29 @@ void migrate_vma_finalize(struct migrate_vma *migrate)
 }
 EXPORT_SYMBOL(migrate_vma_finalize);
 
-/* Reference and lock the folio at @pfn for a device-side migration. */
+/*
+ * Reference and lock the folio at @pfn for a device-side migration. A
+ * device page without a mapping (neither anonymous nor in a page cache)
+ * holds nothing anyone can reach: a destination the driver did not use,
+ * or a page whose data already moved back, waiting for its last put.
+ * There is nothing to move, and no memcg charge to move with it.
+ */
 static unsigned long mdev_grab_pfn(unsigned long pfn)
 {
 	struct folio *folio = folio_get_nontail_page(pfn_to_page(pfn));
 
 	if (!folio)
 		return 0;
-	if (!folio_trylock(folio)) {
-		folio_put(folio);
-		return 0;
-	}
+	if (!folio_trylock(folio))
+		goto put;
+	if (!folio->mapping)
+		goto unlock;
 	return migrate_pfn(pfn) | MIGRATE_PFN_MIGRATE;
+unlock:
+	folio_unlock(folio);
+put:
+	folio_put(folio);
+	return 0;
 }
 
 /**
@@ -935,6 +1176,112 @@ void migrate_device_finalize(unsigned long *src_pfns, unsigned long *dst_pfns,
 	mdev_finish(src_pfns, dst_pfns, npages);
 }
 EXPORT_SYMBOL(migrate_device_finalize);
+
+/*
+ * Reference and lock the device page of @entry at @index of @mapping, if
+ * the entry is still there once the page is locked.
+ */
+static struct folio *mdev_file_lock_entry(struct address_space *mapping,
+					  pgoff_t index, swp_entry_t entry)
+{
+	struct folio *folio = page_folio(pfn_swap_entry_to_page(entry));
+	void *radix = swp_to_radix_entry(entry);
+
+	rcu_read_lock();
+	if (xa_load(&mapping->i_pages, index) != radix ||
+	    !folio_try_get(folio)) {
+		rcu_read_unlock();
+		return NULL;
+	}
+	rcu_read_unlock();
+
+	folio_lock(folio);
+	if (xa_load(&mapping->i_pages, index) == radix)
+		return folio;
+	folio_unlock(folio);
+	folio_put(folio);
+	return NULL;
+}
+
+/**
+ * migrate_device_file_fault() - bring a shmem page back from device memory
+ * @mapping: the shmem file's mapping
+ * @index: the page's index in it
+ * @entry: the device-private entry the page cache holds at @index
+ *
+ * Called by shmem_get_folio_gfp() for any access to the page other than
+ * through a device mirror: a CPU fault in any mapping of the file, read(),
+ * write(), fallocate(). The mirrors are invalidated, the driver copies the
+ * page into a new system folio with dev_pagemap_ops.copy_to_ram() and the
+ * folio takes the entry's place in the page cache.
+ *
+ * Context: Process context, may sleep; takes the device page's lock, the
+ * i_mmap_rwsem of @mapping and the mirrors' invalidation locks.
+ * Return: -EEXIST when the caller should look @index up again: the page is
+ * back, or someone else moved or truncated it meanwhile. -ENOMEM if no
+ * system memory could be allocated, or the driver's error from
+ * copy_to_ram().
+ */
+int migrate_device_file_fault(struct address_space *mapping, pgoff_t index,
+			      swp_entry_t entry)
+{
+	struct folio *dfolio, *folio;
+	int ret;
+
+	dfolio = mdev_file_lock_entry(mapping, index, entry);
+	if (!dfolio)
+		return -EEXIST;
+	if (!dfolio->page.pgmap->ops->copy_to_ram) {
+		ret = -EIO;
+		goto unlock_dfolio;
+	}
+
+	folio = folio_alloc(mapping_gfp_mask(mapping), 0);
+	if (!folio) {
+		ret = -ENOMEM;
+		goto unlock_dfolio;
+	}
+	__folio_set_locked(folio);
+
+	mdev_file_invalidate(mapping, index);
+	ret = dfolio->page.pgmap->ops->copy_to_ram(&dfolio->page,
+						   &folio->page);
+	if (ret)
+		goto free_folio;
+	/* Fails only if truncation got the entry first. */
+	if (!shmem_folio_from_device(dfolio, folio)) {
+		folio_add_lru(folio);
+		count_vm_event(PGMAJFAULT);
+	}
+	ret = -EEXIST;
+free_folio:
+	folio_unlock(folio);
+	folio_put(folio);
+unlock_dfolio:
+	folio_unlock(dfolio);
+	folio_put(dfolio);
+	return ret;
+}
+
+/**
+ * migrate_device_file_free() - drop a shmem page that is in device memory
+ * @mapping: the shmem file's mapping
+ * @index: the page's index in it
+ * @entry: the device-private entry the caller removed from @mapping
+ *
+ * Called when truncation or hole punching removed the entry: the mirrors
+ * of the file forget the page and the page cache's reference goes, which
+ * frees the device page unless a migration holds it.
+ *
+ * Context: Process context, may sleep; takes the i_mmap_rwsem of @mapping
+ * and the mirrors' invalidation locks.
+ */
+void migrate_device_file_free(struct address_space *mapping, pgoff_t index,
+			      swp_entry_t entry)
+{
+	mdev_file_invalidate(mapping, index);
+	folio_put(page_folio(pfn_swap_entry_to_page(entry)));
+}
 
 /*
  * GUP calls this before a long-term pin of a device-coherent folio: the
