@@ -22,11 +22,13 @@
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
 #include <linux/mutex.h>
+#include <linux/pagemap.h>
 #include <linux/memcontrol.h>
 #include <linux/oom.h>
 #include <linux/pagewalk.h>
 #include <linux/rmap.h>
 #include <linux/sched/mm.h>
+#include <linux/shmem_fs.h>
 #include <linux/swap.h>
 #include <linux/swapops.h>
 #include <linux/userfaultfd_k.h>
@@ -364,12 +366,81 @@ static int hmm_populate_anon(struct hmm_walk *hw, struct vm_area_struct *vma,
 }
 
 /*
+ * A page of a shmem file that sits in device-private memory is in no page
+ * table: the page cache holds its device-private entry instead (see
+ * mm/migrate_device.c).  Report it to the device that owns it, writable
+ * only through a shared writable mapping.  A locked device page is on its
+ * way back to system memory and is reported absent; whoever moves it
+ * invalidates the mirrors after locking it, so a report made before that
+ * is caught by mmu_interval_read_retry().
+ */
+static unsigned long hmm_file_entry(const struct hmm_walk *hw,
+				    struct vm_area_struct *vma,
+				    unsigned long addr)
+{
+	const void *owner = hw->range->dev_private_owner;
+	struct page *page;
+	swp_entry_t swp;
+	void *entry;
+
+	if (!owner || !shmem_file(vma->vm_file))
+		return 0;
+	entry = xa_load(&vma->vm_file->f_mapping->i_pages,
+			linear_page_index(vma, addr));
+	if (!xa_is_value(entry))
+		return 0;
+	swp = radix_to_swp_entry(entry);
+	if (!is_device_private_entry(swp))
+		return 0;
+	page = pfn_swap_entry_to_page(swp);
+	if (page->pgmap->owner != owner || PageLocked(page))
+		return 0;
+	if ((vma->vm_flags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE))
+		return swp_offset_pfn(swp) | HMM_PFN_VALID | HMM_PFN_WRITE;
+	return swp_offset_pfn(swp) | HMM_PFN_VALID;
+}
+
+/*
+ * First address of a hole of a shmem mapping that has a page in device
+ * memory or is asked to be faulted; the entries before it are empty.
+ */
+static unsigned long hmm_file_hole(struct hmm_walk *hw,
+				   struct vm_area_struct *vma,
+				   unsigned long addr, unsigned long end)
+{
+	for (; addr < end; addr += PAGE_SIZE) {
+		if (hmm_file_entry(hw, vma, addr) ||
+		    (hw->may_fault && hmm_request(hw, addr)))
+			break;
+		hw->range->hmm_pfns[hmm_index(hw, addr)] = 0;
+	}
+	return addr;
+}
+
+/* Build the page tables of @mm down to the PTE table covering @addr. */
+static int hmm_pte_table_alloc(struct mm_struct *mm, unsigned long addr)
+{
+	p4d_t *p4d = p4d_alloc(mm, pgd_offset(mm, addr), addr);
+	pud_t *pud = p4d ? pud_alloc(mm, p4d, addr) : NULL;
+	pmd_t *pmd = pud ? pmd_alloc(mm, pud, addr) : NULL;
+
+	if (!pmd || pte_alloc(mm, pmd))
+		return -ENOMEM;
+	return 0;
+}
+
+/*
  * Nothing is mapped in [addr, end): no page table at some level, or no VMA
  * at all.  Fault the first page that is asked for and restart the walk
  * there: the fault builds the missing tables (or a huge page), and the
  * rest of the run is cheaper to handle from the level that now exists.
  * In a hugetlb VMA the walker holds the hugetlb VMA lock, which the fault
  * takes itself: drop it around the fault.
+ *
+ * A shmem page in device-private memory is reported only from under a
+ * page table: mprotect() tells mirrors about a range only where page
+ * tables exist.  So one met in a hole gets its table built instead, and
+ * the walk restarts there.
  */
 static int hmm_walk_hole(unsigned long addr, unsigned long end,
 			 __always_unused int depth, struct mm_walk *walk)
@@ -385,8 +456,18 @@ static int hmm_walk_hole(unsigned long addr, unsigned long end,
 	if (!walk->vma)
 		return hmm_report_unusable(hw, addr, end);
 
-	first = hmm_first_unsatisfied(hw, addr, end, 0);
-	hmm_fill(hw, addr, first, 0);
+	if (shmem_file(vma->vm_file)) {
+		first = hmm_file_hole(hw, vma, addr, end);
+		if (first < end && hmm_file_entry(hw, vma, first)) {
+			if (hmm_pte_table_alloc(walk->mm, first))
+				return -ENOMEM;
+			hw->resume = first;
+			return HMM_WALK_RESTART;
+		}
+	} else {
+		first = hmm_first_unsatisfied(hw, addr, end, 0);
+		hmm_fill(hw, addr, first, 0);
+	}
 	if (first == end)
 		return 0;
 
@@ -415,7 +496,7 @@ static unsigned long hmm_pte_entry(const struct hmm_walk *hw,
 	swp_entry_t swp;
 
 	if (pte_none(pte))
-		return 0;
+		return hmm_file_entry(hw, vma, addr);
 
 	if (!pte_present(pte)) {
 		swp = pte_to_swp_entry(pte);
