@@ -60,6 +60,7 @@
 #include <linux/rmap.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
+#include <linux/shmem_fs.h>
 #include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
@@ -234,6 +235,22 @@ static struct page *dmirror_page_data(struct page *page)
 	if (is_device_private_page(page))
 		return dmirror_page_dpage(page)->backing;
 	return page;
+}
+
+/*
+ * The device stored into @page.  A page cache or swap cache folio must
+ * then be dirty, or reclaim drops it as clean and the store is lost: the
+ * CPU page table entry that made it writable need not be dirty.  Called
+ * under pt_lock, which holds off the invalidation that truncation needs,
+ * so the folio stays in its mapping meanwhile.  The backing pages of our
+ * private pages have no mapping and are left alone.
+ */
+static void dmirror_page_written(struct page *page)
+{
+	struct folio *folio = page_folio(page);
+
+	if (folio_mapping(folio))
+		folio_mark_dirty(folio);
 }
 
 static int dmirror_chunk_add(struct dmirror_device *mdev)
@@ -730,10 +747,12 @@ static unsigned long dmirror_pt_copy(struct dmirror *dmirror,
 
 		if ((dpte_flags(entry) & need) != need)
 			break;
-		if (write)
+		if (write) {
 			memcpy_to_page(dpte_page(entry), 0, ptr, PAGE_SIZE);
-		else
+			dmirror_page_written(dpte_page(entry));
+		} else {
 			memcpy_from_page(ptr, dpte_page(entry), 0, PAGE_SIZE);
+		}
 	}
 	return i;
 }
@@ -1043,6 +1062,12 @@ static int dmirror_migrate(struct dmirror *dmirror, struct dmirror_req *req,
 			ret = -EINVAL;
 			break;
 		}
+		/* Only shmem files have pages that can live in device memory. */
+		if (to_dev && (vma->vm_flags & VM_SHARED) && vma->vm_file &&
+		    !shmem_file(vma->vm_file)) {
+			ret = -EOPNOTSUPP;
+			break;
+		}
 		memset(&args, 0, sizeof(args));
 		args.vma = vma;
 		args.start = addr;
@@ -1097,9 +1122,22 @@ static vm_fault_t dmirror_devmem_migrate_to_ram(struct vm_fault *vmf)
 	return ret;
 }
 
+/*
+ * dev_pagemap_ops.copy_to_ram: a page of a shmem file that sits in our
+ * memory is needed in system memory (read(), write(), or a CPU fault
+ * through any mapping of the file).  The core has already made our
+ * mirrors forget it.
+ */
+static int dmirror_devmem_copy_to_ram(struct page *dpage, struct page *page)
+{
+	copy_highpage(page, dmirror_page_data(dpage));
+	return 0;
+}
+
 static const struct dev_pagemap_ops dmirror_devmem_ops = {
 	.page_free	= dmirror_devmem_page_free,
 	.migrate_to_ram	= dmirror_devmem_migrate_to_ram,
+	.copy_to_ram	= dmirror_devmem_copy_to_ram,
 };
 
 /* ---------------------------------------------------------------------
@@ -1659,10 +1697,12 @@ static int dmirror_dma_access(struct dmirror *dmirror, unsigned long idx,
 	if (ret == HMM_DMA_LOCAL) {
 		struct page *data = dmirror_page_data(hmm_pfn_to_page(hpfn));
 
-		if (write)
+		if (write) {
 			memcpy_to_page(data, 0, buf, PAGE_SIZE);
-		else
+			dmirror_page_written(data);
+		} else {
 			memcpy_from_page(buf, data, 0, PAGE_SIZE);
+		}
 		dma->local++;
 		return 0;
 	}
@@ -1676,6 +1716,7 @@ static int dmirror_dma_access(struct dmirror *dmirror, unsigned long idx,
 	va = phys_to_virt(phys);
 	if (write) {
 		memcpy(va, buf, PAGE_SIZE);
+		dmirror_page_written(hmm_pfn_to_page(hpfn));
 		return hmm_dma_sync_for_cpu(&dma->map, idx);
 	}
 	ret = hmm_dma_sync_for_device(&dma->map, idx);

@@ -157,14 +157,13 @@ static int fixtures_map(int devfd, uint64_t *s)
 			fx[r].kind = K_NOMIGRATE_RW;
 			break;
 		case R_MEMFD:
-			/* Shared file pages: mirrored, never migrated. */
+			/* Shared shmem pages: they migrate like anonymous ones. */
 			memfd = memfd_create("hmm-fuzz", MFD_ALLOW_SEALING);
 			if (memfd < 0 || ftruncate(memfd, len))
 				return -1;
 			fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
 			p = mmap(p, len, prot, MAP_FIXED | MAP_SHARED, memfd, 0);
 			close(memfd);
-			fx[r].kind = K_NOMIGRATE_RW;
 			break;
 		default:
 			p = mmap(p, len, prot, flags, -1, 0);
@@ -382,11 +381,16 @@ static uint64_t allowed(const struct req *q)
 			return E(0);
 		return E(EFAULT) | (q->any_ro ? E(EPERM) : 0);
 	case HMM_DMIRROR_MIGRATE_TO_DEV:
-		/* Unmigratable pages are not in device memory: ENOENT. */
+		/*
+		 * Unmigratable pages are not in device memory: ENOENT; a
+		 * shared mapping of a file other than shmem: EOPNOTSUPP.
+		 */
 		if (q->any_none)
-			return E(EINVAL) | E(ENOENT) | E(EFAULT);
+			return E(EINVAL) | E(ENOENT) | E(EFAULT) |
+			       (q->any_nomigrate ? E(EOPNOTSUPP) : 0);
 		if (q->any_nomigrate)
-			return E(EINVAL) | E(ENOENT) | E(EFAULT) | E(0);
+			return E(EINVAL) | E(ENOENT) | E(EFAULT) |
+			       E(EOPNOTSUPP) | E(0);
 		return clean ? E(0) : E(EFAULT);
 	case HMM_DMIRROR_MIGRATE_TO_SYS:
 		return q->any_none ? E(EINVAL) :
