@@ -17,6 +17,7 @@
 #include <linux/dma-direct.h>
 #include <linux/dma-map-ops.h>
 #include <linux/dma-mapping.h>
+#include <linux/falloc.h>
 #include <linux/file.h>
 #include <linux/highmem.h>
 #include <linux/hmm.h>
@@ -35,7 +36,9 @@
 #include <linux/prandom.h>
 #include <linux/random.h>
 #include <linux/sched/mm.h>
+#include <linux/shmem_fs.h>
 #include <linux/slab.h>
+#include <linux/swapops.h>
 #include <linux/uaccess.h>
 
 #define HK_NPAGES	16
@@ -1416,12 +1419,244 @@ static void mdev_test_device_pfns(struct kunit *test)
 	mk_expect_mapped(test, hn, addr, dst);
 }
 
+#ifdef CONFIG_DEVICE_PRIVATE
+/*
+ * Device-private memory for the shmem case: each device page keeps its
+ * data in a system page of @backing, which copy_to_ram() copies from.
+ */
+struct mk_devmem {
+	struct dev_pagemap	pgmap;
+	struct page		*backing[MK_NPAGES];
+	atomic_t		copies;
+	atomic_t		frees;
+};
+
+static struct mk_devmem *mk_devmem_of(struct page *page)
+{
+	return container_of(page->pgmap, struct mk_devmem, pgmap);
+}
+
+static unsigned long mk_devmem_idx(struct page *page)
+{
+	return page_to_pfn(page) - PHYS_PFN(page->pgmap->range.start);
+}
+
+static void mk_devmem_page_free(struct page *page)
+{
+	atomic_inc(&mk_devmem_of(page)->frees);
+}
+
+static vm_fault_t mk_devmem_migrate_to_ram(struct vm_fault *vmf)
+{
+	return VM_FAULT_SIGBUS;
+}
+
+static int mk_devmem_copy_to_ram(struct page *dpage, struct page *page)
+{
+	struct mk_devmem *dm = mk_devmem_of(dpage);
+
+	copy_highpage(page, dm->backing[mk_devmem_idx(dpage)]);
+	atomic_inc(&dm->copies);
+	return 0;
+}
+
+static const struct dev_pagemap_ops mk_devmem_ops = {
+	.page_free	= mk_devmem_page_free,
+	.migrate_to_ram	= mk_devmem_migrate_to_ram,
+	.copy_to_ram	= mk_devmem_copy_to_ram,
+};
+
+static void mk_devmem_remove(void *data)
+{
+	struct mk_devmem *dm = data;
+	unsigned int i;
+
+	memunmap_pages(&dm->pgmap);
+	release_mem_region(dm->pgmap.range.start, range_len(&dm->pgmap.range));
+	for (i = 0; i < MK_NPAGES; i++)
+		__free_page(dm->backing[i]);
+}
+
+static struct mk_devmem *mk_devmem_add(struct kunit *test, void *owner)
+{
+	struct mk_devmem *dm;
+	struct resource *res;
+	unsigned int i;
+	void *ptr;
+
+	dm = kunit_kzalloc(test, sizeof(*dm), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, dm);
+	for (i = 0; i < MK_NPAGES; i++) {
+		dm->backing[i] = alloc_page(GFP_KERNEL);
+		KUNIT_ASSERT_NOT_NULL(test, dm->backing[i]);
+	}
+	res = request_free_mem_region(&iomem_resource, SZ_2M, "mk_devmem");
+	KUNIT_ASSERT_FALSE(test, IS_ERR(res));
+	dm->pgmap.type = MEMORY_DEVICE_PRIVATE;
+	dm->pgmap.range.start = res->start;
+	dm->pgmap.range.end = res->end;
+	dm->pgmap.nr_range = 1;
+	dm->pgmap.ops = &mk_devmem_ops;
+	dm->pgmap.owner = owner;
+	ptr = memremap_pages(&dm->pgmap, NUMA_NO_NODE);
+	if (IS_ERR(ptr))
+		release_mem_region(res->start, resource_size(res));
+	KUNIT_ASSERT_FALSE(test, IS_ERR(ptr));
+	KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test, mk_devmem_remove,
+							dm), 0);
+	return dm;
+}
+
+/* Device page @i of @dm, allocated and locked as a driver would. */
+static unsigned long mk_devmem_alloc(struct mk_devmem *dm, unsigned long i)
+{
+	struct page *page = pfn_to_page(PHYS_PFN(dm->pgmap.range.start) + i);
+
+	zone_device_page_init(page);
+	return migrate_pfn(page_to_pfn(page));
+}
+
+static void mk_fput(void *file)
+{
+	fput(file);
+}
+
+/* A shared mapping of a new shmem file of MK_NPAGES pages. */
+static unsigned long mk_shmem_map(struct kunit *test, struct file **filep)
+{
+	unsigned long size = MK_NPAGES * PAGE_SIZE, addr;
+	struct file *file;
+
+	file = shmem_file_setup("mk_shmem", size, 0);
+	KUNIT_ASSERT_FALSE(test, IS_ERR(file));
+	KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test, mk_fput, file),
+			0);
+	addr = vm_mmap(file, 0, size, PROT_READ | PROT_WRITE, MAP_SHARED, 0);
+	KUNIT_ASSERT_FALSE(test, IS_ERR_VALUE(addr));
+	*filep = file;
+	return addr;
+}
+
+/* Move every page of the mapping at @addr to @dm; all must go. */
+static void mk_shmem_to_device(struct kunit *test, unsigned long addr,
+			       struct mk_devmem *dm, void *owner)
+{
+	unsigned long src[MK_NPAGES], dst[MK_NPAGES], i;
+	struct migrate_vma args;
+
+	mmap_read_lock(current->mm);
+	mk_setup(test, &args, addr, src, dst);
+	args.pgmap_owner = owner;
+	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)MK_NPAGES);
+	for (i = 0; i < MK_NPAGES; i++) {
+		struct page *spage = migrate_pfn_to_page(src[i]);
+
+		KUNIT_ASSERT_NOT_NULL(test, spage);
+		copy_highpage(dm->backing[i], spage);
+		dst[i] = mk_devmem_alloc(dm, i);
+	}
+	migrate_vma_pages(&args);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_TRUE_MSG(test, src[i] & MIGRATE_PFN_MIGRATE,
+				      "page %lu", i);
+	migrate_vma_finalize(&args);
+	mmap_read_unlock(current->mm);
+}
+
+/* Each index of @mapping holds the device-private entry of page i of @dm. */
+static void mk_expect_device_entries(struct kunit *test,
+				     struct address_space *mapping,
+				     struct mk_devmem *dm)
+{
+	unsigned long i;
+
+	for (i = 0; i < MK_NPAGES; i++) {
+		void *entry = xa_load(&mapping->i_pages, i);
+		swp_entry_t swp;
+
+		KUNIT_ASSERT_TRUE_MSG(test, xa_is_value(entry), "index %lu", i);
+		swp = radix_to_swp_entry(entry);
+		KUNIT_EXPECT_TRUE(test, is_device_private_entry(swp));
+		KUNIT_EXPECT_EQ(test, swp_offset_pfn(swp),
+				PHYS_PFN(dm->pgmap.range.start) + i);
+	}
+	KUNIT_EXPECT_EQ(test, mapping->nrpages, 0UL);
+}
+#endif
+
+/*
+ * Shmem pages move to device-private memory: the page cache then holds
+ * device-private entries and no folio, hmm_range_fault() reports the
+ * device pages to their owner without faulting, a CPU access copies every
+ * page back through copy_to_ram() after invalidating the mirror, and a
+ * hole punch frees the device pages without copying them.
+ */
+static void mdev_test_shmem_device_private(struct kunit *test)
+{
+#ifdef CONFIG_DEVICE_PRIVATE
+	static int owner;
+	unsigned long pfns[MK_NPAGES], addr, i;
+	struct address_space *mapping;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	struct mk_devmem *dm;
+	struct file *file;
+	int before;
+
+	hk_map(test, PAGE_SIZE, PROT_READ);
+	dm = mk_devmem_add(test, &owner);
+	addr = mk_shmem_map(test, &file);
+	mapping = file->f_mapping;
+	hn = hk_notifier_add(test, addr, MK_NPAGES * PAGE_SIZE);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, MK_NPAGES * PAGE_SIZE, 31), 0);
+	KUNIT_ASSERT_EQ(test, mapping->nrpages, (unsigned long)MK_NPAGES);
+
+	mk_shmem_to_device(test, addr, dm, &owner);
+	mk_expect_device_entries(test, mapping, dm);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_TRUE(test, hk_check_page(dm->backing[i],
+						      addr + i * PAGE_SIZE, 31));
+
+	hk_range_init(&range, pfns, addr, MK_NPAGES, HMM_PFN_REQ_FAULT);
+	range.dev_private_owner = &owner;
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	mutex_unlock(&hn->lock);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_EQ_MSG(test, pfns[i] & ~HMM_PFN_FLAGS,
+				    PHYS_PFN(dm->pgmap.range.start) + i,
+				    "index %lu", i);
+	KUNIT_EXPECT_EQ(test, atomic_read(&dm->copies), 0);
+
+	before = atomic_read(&hn->invalidations);
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr, MK_NPAGES * PAGE_SIZE, 31),
+			0);
+	KUNIT_EXPECT_EQ(test, atomic_read(&dm->copies), MK_NPAGES);
+	KUNIT_EXPECT_GE(test, atomic_read(&hn->invalidations),
+			before + MK_NPAGES);
+	KUNIT_EXPECT_EQ(test, mapping->nrpages, (unsigned long)MK_NPAGES);
+	KUNIT_EXPECT_EQ(test, atomic_read(&dm->frees), MK_NPAGES);
+
+	mk_shmem_to_device(test, addr, dm, &owner);
+	mk_expect_device_entries(test, mapping, dm);
+	KUNIT_EXPECT_EQ(test, vfs_fallocate(file, FALLOC_FL_PUNCH_HOLE |
+					    FALLOC_FL_KEEP_SIZE, 0,
+					    MK_NPAGES * PAGE_SIZE), 0);
+	KUNIT_EXPECT_EQ(test, atomic_read(&dm->frees), 2 * MK_NPAGES);
+	KUNIT_EXPECT_EQ(test, atomic_read(&dm->copies), MK_NPAGES);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_NULL(test, xa_load(&mapping->i_pages, i));
+#else
+	kunit_skip(test, "CONFIG_DEVICE_PRIVATE is off");
+#endif
+}
+
 static struct kunit_case mdev_test_cases[] = {
 	KUNIT_CASE(mdev_test_bad_args),
 	KUNIT_CASE(mdev_test_system_round_trip),
 	KUNIT_CASE(mdev_test_restore_without_dst),
 	KUNIT_CASE(mdev_test_pinned_page_stays),
 	KUNIT_CASE(mdev_test_device_pfns),
+	KUNIT_CASE(mdev_test_shmem_device_private),
 	{}
 };
 
