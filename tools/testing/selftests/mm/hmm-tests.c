@@ -4031,4 +4031,2151 @@ TEST_F(hmm_dma, bad_requests)
 	munmap(va, len);
 }
 
+/* ---------------------------------------------------------------------
+ * Pages of shmem/tmpfs files in device memory.
+ *
+ * MIGRATE_TO_DEV takes the page cache pages of a shmem file, mapped or
+ * not, into device memory. Device-private pages then live in the page
+ * cache as device-private entries, in no page table: any CPU access, from
+ * any mapping or through the file descriptor, copies them back, and
+ * truncation frees them. Device-coherent pages replace the page cache
+ * folio and the CPU uses them where they are. Each case below checks the
+ * data on the side that did not write it, and checks that the pages did
+ * reach the device (SNAPSHOT, devmem_used), so that it fails if the
+ * feature is gone.
+ */
+#include <sys/mount.h>
+#include <sys/sendfile.h>
+#include <sys/shm.h>
+#include <sys/swap.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+
+#define SHM_CHUNK	SZ_1M	/* read()/write() buffer of the big cases */
+
+/* Pages in use in the memory of the device behind @fd (sysfs), or -1. */
+static long shm_devmem_used(int fd)
+{
+	char path[80];
+	struct stat st;
+
+	if (fstat(fd, &st))
+		return -1;
+	snprintf(path, sizeof(path), "/sys/dev/char/%u:%u/devmem_used",
+		 major(st.st_rdev), minor(st.st_rdev));
+	return read_long_file(path);
+}
+
+/*
+ * Write pattern @seed into [@off, @off + @len) of @fd with pwrite() in
+ * chunks, so that the pages are created without ever being mapped.
+ */
+static int shm_pwrite_pattern(int fd, size_t off, size_t len, __u32 seed)
+{
+	size_t n, done;
+	char *buf;
+	int ret = 0;
+
+	buf = malloc(SHM_CHUNK);
+	if (!buf)
+		return -ENOMEM;
+	for (done = 0; done < len; done += n) {
+		n = len - done < SHM_CHUNK ? len - done : SHM_CHUNK;
+		pat_fill(buf, n, seed, off + done);
+		if (pwrite(fd, buf, n, off + done) != (ssize_t)n) {
+			ret = -EIO;
+			break;
+		}
+	}
+	free(buf);
+	return ret;
+}
+
+/*
+ * Check [@off, @off + @len) of @fd with pread() in chunks: pattern @seed,
+ * or zeros for @seed 0 (no case here uses 0 as a pattern). Returns the
+ * file offset of the first wrong word, -1 if all match, -2 on a short read.
+ */
+static long shm_pread_check(int fd, size_t off, size_t len, __u32 seed)
+{
+	size_t n, done;
+	long bad = -1;
+	char *buf;
+
+	buf = malloc(SHM_CHUNK);
+	if (!buf)
+		return -2;
+	for (done = 0; done < len && bad == -1; done += n) {
+		n = len - done < SHM_CHUNK ? len - done : SHM_CHUNK;
+		if (pread(fd, buf, n, off + done) != (ssize_t)n) {
+			bad = -2;
+			break;
+		}
+		bad = seed ? pat_find_bad(buf, n, seed, off + done) :
+			     zero_find_bad(buf, n);
+		if (bad >= 0)
+			bad += off + done;
+	}
+	free(buf);
+	return bad;
+}
+
+/* A memfd of @len bytes holding pattern @seed, written with pwrite(). */
+static int shm_memfd_pattern(size_t len, __u32 seed)
+{
+	int fd = memfd_create("hmm-tests-shmem", MFD_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	if (ftruncate(fd, len) || shm_pwrite_pattern(fd, 0, len, seed)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Read-write mapping of the first @len bytes of @fd, or NULL. */
+static char *shm_map(int fd, size_t len, int flags)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, flags, fd, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+/*
+ * What SNAPSHOT on the owning device shows for a migrated shmem page: a
+ * device-private page is reported from its page cache entry, writable for
+ * a shared writable mapping only; a device-coherent page once a CPU
+ * access has mapped it.
+ */
+static unsigned char shm_dev_state(bool coherent, bool writable)
+{
+	return (coherent ? HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL :
+			   HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL) |
+	       (writable ? DEV_RW : DEV_RO);
+}
+
+/* Expect SNAPSHOT on @fd to report @want for each of @npages at @va. */
+static void shm_expect_snap(struct __test_metadata *_metadata, int fd,
+			    char *va, unsigned long npages,
+			    unsigned char want)
+{
+	struct hmm_dmirror_cmd cmd;
+	unsigned char *snap;
+	unsigned long i;
+
+	snap = malloc(npages);
+	ASSERT_NE(NULL, snap);
+	ASSERT_EQ(0, dmirror_req(fd, HMM_DMIRROR_SNAPSHOT, va, snap, npages,
+				 &cmd));
+	for (i = 0; i < npages; i++) {
+		if (snap[i] != want)
+			TH_LOG("page %lu of %lu: state 0x%x, expected 0x%x", i,
+			       npages, snap[i], want);
+		ASSERT_EQ(want, snap[i]);
+	}
+	free(snap);
+}
+
+/*
+ * The CPU reads every page of [@va, @va + @len) through a mapping: that
+ * brings device-private pages back and maps device-coherent ones. Returns
+ * the sum of the first words, so the loads cannot be dropped.
+ */
+static __u64 shm_touch(const char *va, size_t len, size_t psz)
+{
+	__u64 sum = 0;
+	size_t off;
+
+	for (off = 0; off < len; off += psz)
+		sum += __atomic_load_n((const __u64 *)(va + off),
+				       __ATOMIC_RELAXED);
+	return sum;
+}
+
+/*
+ * A memfd range goes to the device and back. There the device rewrites
+ * it without faulting, and read() and the mapping see the new data. Pages
+ * read() touches come back from device-private memory, the rest
+ * MIGRATE_TO_SYS brings back; device-coherent pages are used in place.
+ */
+TEST_F(dmirror, shmem_migrate_round_trip)
+{
+	const unsigned long npages = 64;
+	size_t len = npages * self->psz, half = len / 2;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	long used0;
+	int mfd;
+
+	mfd = memfd_create("hmm-tests-shmem", MFD_CLOEXEC);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(0, ftruncate(mfd, len));
+	va = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 201, 0);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 201, 0));
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	/* Coherent pages are mapped by the CPU where they are. */
+	if (coh)
+		shm_touch(va, len, self->psz);
+	shm_expect_snap(_metadata, self->fd, va, npages,
+			shm_dev_state(coh, true));
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+
+	pat_fill(dbuf, len, 202, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, half, 202));
+	ASSERT_EQ(used0 + npages - (coh ? 0 : npages / 2),
+		  shm_devmem_used(self->fd));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(coh ? npages : npages / 2, cmd.cpages);
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 202, 0));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 202));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+/*
+ * Pages written with write() and never mapped are found through the page
+ * cache and migrate; a hole of the file has no page and stays a hole.
+ */
+TEST_F(dmirror, shmem_write_only_pages)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz, half = len / 2;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	struct stat st0, st1;
+	char *va, *dbuf;
+	long used0;
+	int mfd;
+
+	/* Only the first half is written; the second half is a hole. */
+	mfd = memfd_create("hmm-tests-shmem", MFD_CLOEXEC);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(0, ftruncate(mfd, len));
+	ASSERT_EQ(0, shm_pwrite_pattern(mfd, 0, half, 211));
+	va = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	ASSERT_EQ(0, fstat(mfd, &st0));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages / 2, &cmd));
+	ASSERT_EQ(npages / 2, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, half, 211, 0));
+	ASSERT_EQ(used0 + npages / 2, shm_devmem_used(self->fd));
+	if (!coh)
+		shm_expect_snap(_metadata, self->fd, va, npages / 2,
+				shm_dev_state(false, true));
+
+	/*
+	 * Nothing to move in the hole: no device page is used, the device
+	 * gets no mapping there, and the file allocates no block.
+	 */
+	ASSERT_EQ(-ENOENT, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				       va + half, dbuf, npages / 2, &cmd));
+	ASSERT_EQ(used0 + npages / 2, shm_devmem_used(self->fd));
+	ASSERT_EQ(0, fstat(mfd, &st1));
+	ASSERT_EQ(st0.st_blocks, st1.st_blocks);
+
+	/* Device-private pages come back through read() alone. */
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, half, 211));
+	ASSERT_EQ(-1, shm_pread_check(mfd, half, half, 0));
+	ASSERT_EQ(used0 + (coh ? npages / 2 : 0), shm_devmem_used(self->fd));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages / 2, &cmd));
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(-1, pat_find_bad(va, half, 211, 0));
+	ASSERT_EQ(-1, zero_find_bad(va + half, half));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+/* One byte over a pipe, to sequence two processes. */
+static int shm_post(int fd, char c)
+{
+	return write(fd, &c, 1) == 1 ? 0 : -1;
+}
+
+static char shm_wait(int fd)
+{
+	char c;
+
+	return read(fd, &c, 1) == 1 ? c : 0;
+}
+
+struct shm_peer {
+	int mfd;
+	size_t len;
+	int go;		/* read end: the parent says go */
+	int done;	/* write end: 'y' when all checks held, else 'n' */
+};
+
+/*
+ * The other process of shmem_two_processes, with a mapping of its own
+ * made before the migration: it checks the parent's pattern 221, writes
+ * 222 over the second half, then checks the device's pattern 223.
+ */
+static int shm_peer_run(struct shm_peer *peer)
+{
+	size_t half = peer->len / 2;
+	bool ok;
+	char *va;
+
+	va = shm_map(peer->mfd, peer->len, MAP_SHARED);
+	if (!va || shm_post(peer->done, 'm'))
+		return 1;
+
+	if (shm_wait(peer->go) != 'g')
+		return 2;
+	ok = pat_find_bad(va, peer->len, 221, 0) == -1;
+	pat_fill(va + half, half, 222, half);
+	if (shm_post(peer->done, ok ? 'y' : 'n'))
+		return 3;
+
+	if (shm_wait(peer->go) != 'g')
+		return 4;
+	ok = pat_find_bad(va, peer->len, 223, 0) == -1;
+	if (shm_post(peer->done, ok ? 'y' : 'n'))
+		return 5;
+	return ok ? 0 : 6;
+}
+
+/*
+ * Two processes share a memfd, each with its own mapping. What the parent
+ * moved to the device the child reads and writes through its mapping,
+ * and what the device then reads is the child's data; what the device
+ * writes the child reads.
+ */
+TEST_F(dmirror, shmem_two_processes)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz, half = len / 2;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	int go[2], done[2], status;
+	struct shm_peer peer;
+	char *va, *dbuf;
+	long used0;
+	pid_t pid;
+
+	peer.mfd = shm_memfd_pattern(len, 221);
+	ASSERT_LE(0, peer.mfd);
+	peer.len = len;
+	va = shm_map(peer.mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, pipe(go));
+	ASSERT_EQ(0, pipe(done));
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (!pid) {
+		/* The child must see EOF if the parent dies. */
+		close(go[1]);
+		close(done[0]);
+		peer.go = go[0];
+		peer.done = done[1];
+		_exit(shm_peer_run(&peer));
+	}
+	close(go[0]);
+	close(done[1]);
+	ASSERT_EQ('m', shm_wait(done[0]));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 221, 0));
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	if (!coh)
+		shm_expect_snap(_metadata, self->fd, va, npages,
+				shm_dev_state(false, true));
+
+	ASSERT_EQ(0, shm_post(go[1], 'g'));
+	ASSERT_EQ('y', shm_wait(done[0]));
+	/* The child's faults brought device-private pages back. */
+	ASSERT_EQ(used0 + (coh ? npages : 0), shm_devmem_used(self->fd));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, half, 221, 0));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + half, half, 222, half));
+
+	/* Again to the device, where the device writes for the child. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	pat_fill(dbuf, len, 223, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, shm_post(go[1], 'g'));
+	ASSERT_EQ('y', shm_wait(done[0]));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status));
+	ASSERT_EQ(0, WEXITSTATUS(status));
+	ASSERT_EQ(-1, shm_pread_check(peer.mfd, 0, len, 223));
+
+	close(go[1]);
+	close(done[0]);
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(peer.mfd);
+}
+
+/*
+ * pwrite() into a range that is in device memory: the device then reads
+ * the new bytes where they were written and its own data around them,
+ * down to a few bytes written into the middle of a page.
+ */
+TEST_F(dmirror, shmem_fd_write_while_on_device)
+{
+	const unsigned long npages = 32;
+	size_t psz = self->psz, len = npages * psz;
+	size_t woff = npages / 4 * psz, wlen = npages / 4 * psz;
+	size_t boff = (npages - 1) * psz + psz / 2, blen = 64;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	long used0;
+	int mfd;
+
+	mfd = shm_memfd_pattern(len, 231);
+	ASSERT_LE(0, mfd);
+	va = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	if (!coh)
+		shm_expect_snap(_metadata, self->fd, va, npages,
+				shm_dev_state(false, true));
+
+	/* Whole pages, and 64 bytes in the middle of the last page. */
+	ASSERT_EQ(0, shm_pwrite_pattern(mfd, woff, wlen, 232));
+	ASSERT_EQ(0, shm_pwrite_pattern(mfd, boff, blen, 232));
+	ASSERT_EQ(used0 + npages - (coh ? 0 : npages / 4 + 1),
+		  shm_devmem_used(self->fd));
+
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, woff, 231, 0));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + woff, wlen, 232, woff));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + woff + wlen, boff - woff - wlen,
+				   231, woff + wlen));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + boff, blen, 232, boff));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + boff + blen, len - boff - blen,
+				   231, boff + blen));
+	/* The pages not written are still on the device. */
+	ASSERT_EQ(used0 + npages - (coh ? 0 : npages / 4 + 1),
+		  shm_devmem_used(self->fd));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+/* Migrate all of a fresh memfd of @npages filled with @seed, mapped at *@va. */
+static int shm_memfd_on_device(struct __test_metadata *_metadata, int dev,
+			       unsigned long npages, size_t psz, __u32 seed,
+			       char **va)
+{
+	size_t len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	char *dbuf;
+	int mfd;
+
+	mfd = shm_memfd_pattern(len, seed);
+	if (mfd < 0)
+		return -1;
+	*va = shm_map(mfd, len, MAP_SHARED);
+	dbuf = malloc(len);
+	if (!*va || !dbuf ||
+	    dmirror_req(dev, HMM_DMIRROR_MIGRATE_TO_DEV, *va, dbuf, npages,
+			&cmd) || cmd.cpages != npages ||
+	    pat_find_bad(dbuf, len, seed, 0) != -1) {
+		TH_LOG("cannot move a memfd of %lu pages to the device",
+		       npages);
+		free(dbuf);
+		close(mfd);
+		return -1;
+	}
+	free(dbuf);
+	return mfd;
+}
+
+/*
+ * Truncating a file frees the pages it drops from device memory. Past the
+ * new end of file the mapping gives SIGBUS and the device gets an error;
+ * extending the file again reads zeros there, and the part kept is intact.
+ */
+TEST_F(dmirror, shmem_truncate_on_device)
+{
+	const unsigned long npages = 32;
+	size_t psz = self->psz, len = npages * psz, half = len / 2;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	long used0;
+	int mfd;
+
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	mfd = shm_memfd_on_device(_metadata, self->fd, npages, psz, 241, &va);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	ASSERT_EQ(0, ftruncate(mfd, half));
+	ASSERT_EQ(used0 + npages / 2, shm_devmem_used(self->fd));
+	ASSERT_TRUE(cpu_read_sigbus(va + half));
+	ASSERT_TRUE(cpu_write_sigbus(va + len - 8));
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_READ, va + half,
+				       dbuf, npages / 2, &cmd));
+
+	/* The first half is still on the device, intact. */
+	if (!coh)
+		shm_expect_snap(_metadata, self->fd, va, npages / 2,
+				shm_dev_state(false, true));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages / 2, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, half, 241, 0));
+
+	ASSERT_EQ(0, ftruncate(mfd, len));
+	ASSERT_EQ(-1, zero_find_bad(va + half, half));
+	ASSERT_EQ(-1, shm_pread_check(mfd, half, half, 0));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, half, 241));
+	ASSERT_EQ(-1, pat_find_bad(va, half, 241, 0));
+	ASSERT_EQ(used0 + (coh ? npages / 2 : 0), shm_devmem_used(self->fd));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+/*
+ * Punching a hole frees the device pages in it; the hole reads zeros from
+ * the device, the mapping and read(), and the pages around it keep their
+ * data on the device.
+ */
+TEST_F(dmirror, shmem_punch_hole_on_device)
+{
+	const unsigned long npages = 32;
+	size_t psz = self->psz, len = npages * psz;
+	size_t hoff = npages / 4 * psz, hlen = len / 2;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	long used0;
+	int mfd;
+
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	mfd = shm_memfd_on_device(_metadata, self->fd, npages, psz, 251, &va);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	ASSERT_EQ(0, fallocate(mfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			       hoff, hlen));
+	ASSERT_EQ(used0 + npages / 2, shm_devmem_used(self->fd));
+	if (!coh) {
+		shm_expect_snap(_metadata, self->fd, va, npages / 4,
+				shm_dev_state(false, true));
+		shm_expect_snap(_metadata, self->fd, va + hoff + hlen,
+				npages / 4, shm_dev_state(false, true));
+	}
+
+	memset(dbuf, 0xff, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, hoff, 251, 0));
+	ASSERT_EQ(-1, zero_find_bad(dbuf + hoff, hlen));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + hoff + hlen, len - hoff - hlen, 251,
+				   hoff + hlen));
+	ASSERT_EQ(used0 + npages / 2, shm_devmem_used(self->fd));
+
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, hoff, 251));
+	ASSERT_EQ(-1, shm_pread_check(mfd, hoff, hlen, 0));
+	ASSERT_EQ(-1, shm_pread_check(mfd, hoff + hlen, len - hoff - hlen,
+				      251));
+	ASSERT_EQ(-1, pat_find_bad(va, hoff, 251, 0));
+	ASSERT_EQ(-1, zero_find_bad(va + hoff, hlen));
+	ASSERT_EQ(-1, pat_find_bad(va + hoff + hlen, len - hoff - hlen, 251,
+				   hoff + hlen));
+	ASSERT_EQ(used0 + (coh ? npages / 2 : 0), shm_devmem_used(self->fd));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+struct shm_fork_job {
+	char *va;
+	size_t len;
+};
+
+/* Child of shmem_fork_shared_on_device: check 261, write 262 at the end. */
+static int shm_fork_child(void *arg)
+{
+	struct shm_fork_job *job = arg;
+	size_t half = job->len / 2;
+
+	if (pat_find_bad(job->va, job->len, 261, 0) != -1)
+		return 1;
+	pat_fill(job->va + half, half, 262, half);
+	return 0;
+}
+
+/*
+ * A shared mapping inherited over fork() while its pages are in device
+ * memory: the child reads them and its writes reach the parent's device
+ * and the parent's mapping.
+ */
+TEST_F(dmirror, shmem_fork_shared_on_device)
+{
+	const unsigned long npages = 32;
+	size_t psz = self->psz, len = npages * psz, half = len / 2;
+	bool coh = variant->coherent;
+	struct shm_fork_job job;
+	struct hmm_dmirror_cmd cmd;
+	char *dbuf;
+	long used0;
+	int mfd;
+
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	mfd = shm_memfd_on_device(_metadata, self->fd, npages, psz, 261,
+				  &job.va);
+	ASSERT_LE(0, mfd);
+	job.len = len;
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	if (!coh)
+		shm_expect_snap(_metadata, self->fd, job.va, npages,
+				shm_dev_state(false, true));
+
+	ASSERT_EQ(0, in_child(shm_fork_child, &job));
+	ASSERT_EQ(used0 + (coh ? npages : 0), shm_devmem_used(self->fd));
+
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, job.va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, half, 261, 0));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + half, half, 262, half));
+	ASSERT_EQ(-1, pat_find_bad(job.va, half, 261, 0));
+	ASSERT_EQ(-1, pat_find_bad(job.va + half, half, 262, half));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(job.va, len));
+	close(mfd);
+}
+
+/*
+ * A private mapping of a memfd: its file pages reach the device read-only.
+ * A device write then copies them on write into the mapping, which shows
+ * the device's data, while the file keeps its own.
+ */
+TEST_F(dmirror, shmem_private_mapping)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	long used0;
+	int mfd;
+
+	mfd = shm_memfd_pattern(len, 271);
+	ASSERT_LE(0, mfd);
+	va = shm_map(mfd, len, MAP_PRIVATE);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 271, 0));
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	if (!coh)
+		shm_expect_snap(_metadata, self->fd, va, npages,
+				shm_dev_state(false, false));
+
+	pat_fill(dbuf, len, 272, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	/* Anonymous copies in system memory, writable by the device. */
+	shm_expect_snap(_metadata, self->fd, va, npages, DEV_RW);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 272, 0));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 271));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+/*
+ * Two mappings of one memfd; the pages go to the device through the first,
+ * which is then unmapped. The pages stay on the device (they belong to the
+ * file, not to the mapping) and the second mapping reads them all.
+ */
+TEST_F(dmirror, shmem_munmap_one_mapping)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	char *a, *b, *dbuf;
+	long used0;
+	int mfd;
+
+	mfd = memfd_create("hmm-tests-shmem", MFD_CLOEXEC);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(0, ftruncate(mfd, len));
+	a = shm_map(mfd, len, MAP_SHARED);
+	b = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, a);
+	ASSERT_NE(NULL, b);
+	pat_fill(a, len, 281, 0);
+	ASSERT_EQ(-1, pat_find_bad(b, len, 281, 0));
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, a,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 281, 0));
+	ASSERT_EQ(0, munmap(a, len));
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	/* The device finds them through the other mapping too. */
+	if (!coh)
+		shm_expect_snap(_metadata, self->fd, b, npages,
+				shm_dev_state(false, true));
+
+	ASSERT_EQ(-1, pat_find_bad(b, len, 281, 0));
+	ASSERT_EQ(used0 + (coh ? npages : 0), shm_devmem_used(self->fd));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 281));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(b, len));
+	close(mfd);
+}
+
+/*
+ * A 256 MiB memfd (192 MiB on a coherent device, which has 256 MiB in
+ * all) moves to the device 1 MiB per request, each request's data checked
+ * on arrival. All of it comes back through read() and is checked; then it
+ * moves again and comes back through CPU faults on the mapping.
+ */
+TEST_F_TIMEOUT(dmirror, shmem_large_file, 900)
+{
+	size_t len = (variant->coherent ? 192 : 256) * SZ_1M;
+	unsigned long npages = len / self->psz;
+	unsigned long bpages = SHM_CHUNK / self->psz;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	long used0, bad;
+	size_t off;
+	int pass, mfd, ret;
+
+	mfd = shm_memfd_pattern(len, 291);
+	ASSERT_LE(0, mfd);
+	va = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(SHM_CHUNK);
+	ASSERT_NE(NULL, dbuf);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+
+	for (pass = 0; pass < 2; pass++) {
+		for (off = 0; off < len; off += SHM_CHUNK) {
+			ret = dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+					  va + off, dbuf, bpages, &cmd);
+			if (ret)
+				TH_LOG("pass %d, offset %zu: %s", pass, off,
+				       strerror(-ret));
+			ASSERT_EQ(0, ret);
+			ASSERT_EQ(bpages, cmd.cpages);
+			ASSERT_EQ(-1, pat_find_bad(dbuf, SHM_CHUNK, 291, off));
+		}
+		ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+		/* Back by read() first, then by faults on the mapping. */
+		bad = pass ? pat_find_bad(va, len, 291, 0) :
+			     shm_pread_check(mfd, 0, len, 291);
+		ASSERT_EQ(-1, bad);
+		ASSERT_EQ(used0 + (coh ? npages : 0),
+			  shm_devmem_used(self->fd));
+	}
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 291));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+/*
+ * Map (@flags: MAP_SHARED or MAP_PRIVATE) @len bytes of a new file in
+ * directory @dir, unlinked at once, and fill the mapping with pattern
+ * @seed. Returns NULL (and errno) if the file system cannot do it.
+ */
+static char *shm_map_file_in(const char *dir, size_t len, int flags,
+			     __u32 seed, int *fdp)
+{
+	char name[96];
+	char *va;
+	int fd;
+
+	snprintf(name, sizeof(name), "%s/hmm-tests-XXXXXX", dir);
+	fd = mkstemp(name);
+	if (fd < 0)
+		return NULL;
+	unlink(name);
+	if (ftruncate(fd, len))
+		goto close_fd;
+	va = shm_map(fd, len, flags);
+	if (!va)
+		goto close_fd;
+	pat_fill(va, len, seed, 0);
+	*fdp = fd;
+	return va;
+
+close_fd:
+	close(fd);
+	return NULL;
+}
+
+/*
+ * MIGRATE_TO_DEV of the mapping at @va, which is not of shmem, is refused
+ * with @err and leaves the data, pattern @seed, where it was.
+ */
+static void shm_expect_refused(struct __test_metadata *_metadata, int dev,
+			       char *va, size_t len, size_t psz, __u32 seed,
+			       int err)
+{
+	unsigned long npages = len / psz;
+	struct hmm_dmirror_cmd cmd;
+	long used0;
+	char *dbuf;
+
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	used0 = shm_devmem_used(dev);
+	ASSERT_LE(0, used0);
+	ASSERT_EQ(err, dmirror_req(dev, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
+				   npages, &cmd));
+	ASSERT_EQ(used0, shm_devmem_used(dev));
+	ASSERT_EQ(-1, pat_find_bad(va, len, seed, 0));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(dev, HMM_DMIRROR_READ, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, seed, 0));
+	free(dbuf);
+}
+
+/*
+ * Only shmem file pages go to device memory, and nothing else moves: the
+ * dummy device refuses a shared mapping of any other file (the device
+ * node itself, a ramfs file, a hugetlbfs file) with EOPNOTSUPP, and
+ * migrate_vma_setup() a private hugetlbfs mapping with EINVAL.
+ */
+TEST_F(dmirror, shmem_not_shmem_refused)
+{
+	size_t len = 8 * self->psz;
+	char dir[] = "/tmp/hmm-tests-ramfs-XXXXXX";
+	size_t hlen = pmd_size();
+	char *va;
+	int fd;
+
+	va = shm_map(self->fd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	pat_fill(va, len, 301, 0);
+	shm_expect_refused(_metadata, self->fd, va, len, self->psz, 301,
+			   -EOPNOTSUPP);
+	ASSERT_EQ(0, munmap(va, len));
+
+	ASSERT_NE(NULL, mkdtemp(dir));
+	ASSERT_EQ(0, mount("ramfs", dir, "ramfs", 0, NULL));
+	va = shm_map_file_in(dir, len, MAP_SHARED, 302, &fd);
+	if (va) {
+		shm_expect_refused(_metadata, self->fd, va, len, self->psz,
+				   302, -EOPNOTSUPP);
+		ASSERT_EQ(-1, file_find_bad(fd, len, 302));
+		munmap(va, len);
+		close(fd);
+	}
+	umount(dir);
+	rmdir(dir);
+	ASSERT_NE(NULL, va);
+
+	/* The guest reserves huge pages; a machine without any skips this. */
+	va = shm_map_file_in("/dev/hugepages", hlen, MAP_PRIVATE, 303, &fd);
+	if (!va)
+		SKIP(return, "no hugetlbfs file at /dev/hugepages: %s",
+		     strerror(errno));
+	shm_expect_refused(_metadata, self->fd, va, hlen, self->psz, 303,
+			   -EINVAL);
+	ASSERT_EQ(0, munmap(va, hlen));
+	close(fd);
+	va = shm_map_file_in("/dev/hugepages", hlen, MAP_SHARED, 304, &fd);
+	ASSERT_NE(NULL, va);
+	shm_expect_refused(_metadata, self->fd, va, hlen, self->psz, 304,
+			   -EOPNOTSUPP);
+	ASSERT_EQ(0, munmap(va, hlen));
+	close(fd);
+}
+
+/*
+ * Closing the device file that migrated a memfd range evicts its device
+ * pages to system memory: nothing of it is left in device memory and the
+ * data is intact for the mapping, read() and another mirror.
+ */
+TEST_F(dmirror, shmem_close_device_fd)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	long used0;
+	int mfd, dev;
+
+	dev = dmirror_open(variant->unit);
+	ASSERT_LE(0, dev);
+	used0 = shm_devmem_used(dev);
+	ASSERT_LE(0, used0);
+	mfd = shm_memfd_on_device(_metadata, dev, npages, self->psz, 311, &va);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(used0 + npages, shm_devmem_used(dev));
+	if (!variant->coherent)
+		shm_expect_snap(_metadata, dev, va, npages,
+				shm_dev_state(false, true));
+
+	ASSERT_EQ(0, close(dev));
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 311, 0));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 311));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 311, 0));
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+#define SHM_SWAPDEV	"/dev/ram0"
+#define SHM_CGROOT	"/sys/fs/cgroup"
+#define SHM_CGROUP	SHM_CGROOT "/hmm-tests-shmem"
+
+static int shm_file_write(const char *path, const char *val)
+{
+	ssize_t n = strlen(val);
+	int fd, ret = 0;
+
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, val, n) != n)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+/*
+ * Make @path a swap area the way mkswap does: a version 1 header in the
+ * first page (no bad pages, no UUID, no label) and the SWAPSPACE2
+ * signature in that page's last bytes. Returns 0 or -errno.
+ */
+static int shm_mkswap(const char *path, size_t psz)
+{
+	struct {
+		__u32 version;
+		__u32 last_page;
+		__u32 nr_badpages;
+	} info = { .version = 1 };
+	char *page;
+	off_t size;
+	int fd, ret = 0;
+
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	size = lseek(fd, 0, SEEK_END);
+	page = calloc(1, psz);
+	if (size < (off_t)(16 * psz) || !page) {
+		ret = page ? -ENOSPC : -ENOMEM;
+		goto out;
+	}
+	info.last_page = size / psz - 1;
+	memcpy(page + 1024, &info, sizeof(info));
+	memcpy(page + psz - 10, "SWAPSPACE2", 10);
+	if (pwrite(fd, page, psz, 0) != (ssize_t)psz || fsync(fd))
+		ret = -EIO;
+out:
+	free(page);
+	close(fd);
+	return ret;
+}
+
+/*
+ * Put the calling process in a fresh memory cgroup limited to @max (a
+ * memory.max value). Pages it creates from now on are charged there.
+ */
+static int shm_memcg_enter(const char *max)
+{
+	int ret;
+
+	rmdir(SHM_CGROUP);	/* left over by an earlier failure */
+	ret = shm_file_write(SHM_CGROOT "/cgroup.subtree_control", "+memory");
+	if (ret)
+		return ret;
+	if (mkdir(SHM_CGROUP, 0755))
+		return -errno;
+	ret = shm_file_write(SHM_CGROUP "/memory.max", max);
+	if (!ret)
+		ret = shm_file_write(SHM_CGROUP "/cgroup.procs", "0");
+	return ret;
+}
+
+static void shm_memcg_leave(void)
+{
+	shm_file_write(SHM_CGROOT "/cgroup.procs", "0");
+	rmdir(SHM_CGROUP);
+}
+
+/* Swap in use in the whole system, in kB. */
+static long shm_swap_used_kb(void)
+{
+	return meminfo_kb("SwapTotal") - meminfo_kb("SwapFree");
+}
+
+/* Fresh swap on the RAM disk: 0, or -errno. */
+static int shm_swap_start(size_t psz)
+{
+	int ret;
+
+	swapoff(SHM_SWAPDEV);	/* left on by an earlier failure */
+	ret = shm_mkswap(SHM_SWAPDEV, psz);
+	if (ret)
+		return ret;
+	return swapon(SHM_SWAPDEV, 0) ? -errno : 0;
+}
+
+/* Pages of each side of shmem_swap_while_on_device. */
+#define SHM_SWAP_FILE	(64 * SZ_1M)	/* the memfd */
+#define SHM_SWAP_DEV	(4 * SZ_1M)	/* its head, moved to the device */
+#define SHM_SWAP_LIMIT	"16M"		/* memory.max while it is written */
+
+/*
+ * Memory pressure with part of a file in device memory. The head of a
+ * memfd goes to the device, then the rest is written in a memory cgroup
+ * far too small for it, so most of it goes to swap on a RAM disk. The
+ * device pages are not reclaimed and keep their data, the swapped pages
+ * come back intact through read() and the mapping, and swapoff, which
+ * walks the page cache of every shmem file, copes with the device entries
+ * it finds there and leaves them on the device.
+ */
+TEST_F_TIMEOUT(dmirror, shmem_swap_while_on_device, 600)
+{
+	size_t len = SHM_SWAP_FILE, alen = SHM_SWAP_DEV;
+	unsigned long apages = alen / self->psz;
+	unsigned long bpages = SHM_CHUNK / self->psz;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	long used0, swapped;
+	char *va, *dbuf;
+	size_t off;
+	int mfd;
+
+	if (access(SHM_SWAPDEV, F_OK))
+		SKIP(return, "%s absent: no RAM disk to swap to", SHM_SWAPDEV);
+	ASSERT_EQ(0, shm_swap_start(self->psz));
+	swapped = shm_swap_used_kb();
+	ASSERT_LE(0, swapped);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	dbuf = malloc(SHM_CHUNK);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, shm_memcg_enter(SHM_SWAP_LIMIT));
+
+	mfd = memfd_create("hmm-tests-shmem", MFD_CLOEXEC);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(0, ftruncate(mfd, len));
+	va = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	ASSERT_EQ(0, shm_pwrite_pattern(mfd, 0, alen, 321));
+	for (off = 0; off < alen; off += SHM_CHUNK) {
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+					 va + off, dbuf, bpages, &cmd));
+		ASSERT_EQ(bpages, cmd.cpages);
+		ASSERT_EQ(-1, pat_find_bad(dbuf, SHM_CHUNK, 321, off));
+	}
+	ASSERT_EQ(used0 + apages, shm_devmem_used(self->fd));
+
+	ASSERT_EQ(0, shm_pwrite_pattern(mfd, alen, len - alen, 321));
+	swapped = shm_swap_used_kb() - swapped;
+	TH_LOG("%ld kB of %zu kB swapped out", swapped, (len - alen) >> 10);
+	ASSERT_LE((long)((len - alen) / 2) >> 10, swapped);
+	ASSERT_EQ(used0 + apages, shm_devmem_used(self->fd));
+	if (!coh)
+		shm_expect_snap(_metadata, self->fd, va, apages,
+				shm_dev_state(false, true));
+
+	/* The tail through read() and the mapping, the head on the device. */
+	ASSERT_EQ(-1, shm_pread_check(mfd, alen, len - alen, 321));
+	ASSERT_EQ(-1, pat_find_bad(va + alen, len - alen, 321, alen));
+	for (off = 0; off < alen; off += SHM_CHUNK) {
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va + off,
+					 dbuf, bpages, &cmd));
+		ASSERT_EQ(0, cmd.faults);
+		ASSERT_EQ(-1, pat_find_bad(dbuf, SHM_CHUNK, 321, off));
+	}
+	ASSERT_EQ(used0 + apages, shm_devmem_used(self->fd));
+
+	/* Room for everything swapoff reads back in. */
+	ASSERT_EQ(0, shm_file_write(SHM_CGROUP "/memory.max", "max"));
+	ASSERT_EQ(0, swapoff(SHM_SWAPDEV));
+	ASSERT_EQ(used0 + apages, shm_devmem_used(self->fd));
+	if (!coh)
+		shm_expect_snap(_metadata, self->fd, va, apages,
+				shm_dev_state(false, true));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 321));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 321, 0));
+	ASSERT_EQ(used0 + (coh ? apages : 0), shm_devmem_used(self->fd));
+
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+	free(dbuf);
+	shm_memcg_leave();
+}
+
+struct shm_anon_job {
+	char *va;
+	size_t len;
+};
+
+/* Child: check 352 (written by the device), write 353 over it all. */
+static int shm_anon_child(void *arg)
+{
+	struct shm_anon_job *job = arg;
+
+	if (pat_find_bad(job->va, job->len, 352, 0) != -1)
+		return 1;
+	pat_fill(job->va, job->len, 353, 0);
+	return 0;
+}
+
+/* The whole of [@va, @va + @len), holding @seed, moves to device @dev. */
+static void shm_expect_migrates(struct __test_metadata *_metadata,
+				int dev, bool coh, char *va, size_t len,
+				size_t psz, __u32 seed)
+{
+	unsigned long npages = len / psz;
+	struct hmm_dmirror_cmd cmd;
+	long used0;
+	char *dbuf;
+
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	used0 = shm_devmem_used(dev);
+	ASSERT_LE(0, used0);
+	ASSERT_EQ(0, dmirror_req(dev, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, seed, 0));
+	ASSERT_EQ(used0 + npages, shm_devmem_used(dev));
+	if (!coh)
+		shm_expect_snap(_metadata, dev, va, npages,
+				shm_dev_state(false, true));
+	free(dbuf);
+}
+
+/*
+ * Shared anonymous memory is shmem too: it moves to the device like a
+ * memfd, and a process that shares it through fork() reads the device's
+ * data and writes its own, which the device then reads.
+ */
+TEST_F(dmirror, shmem_anon_shared)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	bool coh = variant->coherent;
+	struct shm_anon_job job;
+	struct hmm_dmirror_cmd cmd;
+	char *dbuf;
+
+	job.len = len;
+	job.va = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, job.va);
+	pat_fill(job.va, len, 351, 0);
+	shm_expect_migrates(_metadata, self->fd, coh, job.va, len, self->psz,
+			    351);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(dbuf, len, 352, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, job.va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(0, in_child(shm_anon_child, &job));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, job.va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 353, 0));
+	ASSERT_EQ(-1, pat_find_bad(job.va, len, 353, 0));
+	ASSERT_EQ(0, munmap(job.va, len));
+	free(dbuf);
+}
+
+/* SysV shared memory is shmem too, where the kernel has it. */
+TEST_F(dmirror, shmem_sysv_segment)
+{
+	size_t len = 16 * self->psz;
+	char *va;
+	int id;
+
+	if (access("/proc/sysvipc", F_OK))
+		SKIP(return, "no SysV IPC in this kernel");
+	id = shmget(IPC_PRIVATE, len, IPC_CREAT | 0600);
+	ASSERT_LE(0, id);
+	va = shmat(id, NULL, 0);
+	shmctl(id, IPC_RMID, NULL);
+	ASSERT_NE((void *)-1, va);
+	pat_fill(va, len, 354, 0);
+	shm_expect_migrates(_metadata, self->fd, variant->coherent, va, len,
+			    self->psz, 354);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 354, 0));
+	ASSERT_EQ(0, shmdt(va));
+}
+
+/*
+ * Device mirrors of one file follow its pages wherever they go. The file
+ * is mapped twice; the device sees pages it moved through the first
+ * mapping through the second too, without faulting, and both this device
+ * and a peer device read what read(), write() and the other device last
+ * stored, never a stale copy: every move of a page must reach the
+ * mirrors of every mapping of the file.
+ */
+TEST_F(dmirror, shmem_mirrors_follow_the_file)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz, q = len / 4;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	char *a, *b, *dbuf;
+	long used0;
+	int mfd;
+
+	mfd = shm_memfd_pattern(len, 361);
+	ASSERT_LE(0, mfd);
+	a = shm_map(mfd, len, MAP_SHARED);
+	b = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, a);
+	ASSERT_NE(NULL, b);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+
+	/* The peer mirrors the pages in system memory through b. */
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_READ, b, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 361, 0));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, a,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	if (!coh) {
+		shm_expect_snap(_metadata, self->fd, b, npages,
+				shm_dev_state(false, true));
+		memset(dbuf, 0, len);
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, b, dbuf,
+					 npages, &cmd));
+		ASSERT_EQ(-1, pat_find_bad(dbuf, len, 361, 0));
+		ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	}
+
+	/* The device rewrites the pages; the peer must not see the old ones. */
+	pat_fill(dbuf, len, 362, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, a, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(0, cmd.faults);
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_READ, b, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 362, 0));
+	ASSERT_EQ(used0 + (coh ? npages : 0), shm_devmem_used(self->fd));
+
+	/* Again on the device; write() changes the first quarter. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, a,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(0, shm_pwrite_pattern(mfd, 0, q, 363));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, b, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, q, 363, 0));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + q, len - q, 362, q));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_READ, a, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, q, 363, 0));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + q, len - q, 362, q));
+
+	/* The peer writes through b; this device reads through a. */
+	pat_fill(dbuf, len, 364, 0);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_WRITE, b, dbuf,
+				 npages, &cmd));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, a, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 364, 0));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 364));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(a, len));
+	ASSERT_EQ(0, munmap(b, len));
+	close(mfd);
+}
+
+/*
+ * A huge shmem folio does not move (best effort, not an error of the
+ * file): the request cannot hand back device data for it, nothing is
+ * allocated on the device, and the folio stays whole with its data.
+ */
+TEST_F(dmirror, shmem_huge_folio_stays)
+{
+	size_t len = pmd_size();
+	unsigned long npages = len / self->psz;
+	long before = meminfo_kb("ShmemHugePages");
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	bool advised;
+	long used0;
+	int mfd;
+
+	if (access(SHMEM_THP, W_OK))
+		SKIP(return, "no shmem THP control");
+	advised = thp_mode_is("shmem_enabled", "advise");
+	if (!advised)
+		ASSERT_EQ(0, shmem_thp_set("advise"));
+	mfd = memfd_create("hmm-tests-shmem-thp", MFD_CLOEXEC);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(0, ftruncate(mfd, len));
+	va = anon_map_aligned(len, len);
+	ASSERT_NE(NULL, va);
+	ASSERT_EQ(va, mmap(va, len, PROT_READ | PROT_WRITE,
+			   MAP_SHARED | MAP_FIXED, mfd, 0));
+	ASSERT_EQ(0, madvise(va, len, MADV_HUGEPAGE));
+	pat_fill(va, len, 371, 0);
+	if (!advised)
+		ASSERT_EQ(0, shmem_thp_set("never"));
+	if (meminfo_kb("ShmemHugePages") - before < (long)(len >> 10))
+		SKIP(return, "no huge shmem page available");
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+
+	ASSERT_EQ(-ENOENT, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				       va, dbuf, npages, &cmd));
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_LE((long)(len >> 10),
+		  meminfo_kb("ShmemHugePages") - before);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 371, 0));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 371));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 371, 0));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+/*
+ * Pages the device wrote must be dirty once back in system memory, or
+ * reclaim drops them as clean page cache and the file reads zeros there.
+ * The pages start clean (holes read through the mapping), the device
+ * writes them, and each segment comes back to system memory another way:
+ * a CPU read fault, read(), MIGRATE_TO_SYS, or eviction when the device
+ * file closes (one segment never leaves system memory: the device writes
+ * it in place). A memory cgroup then pushes the file out to swap, and
+ * read() must find the device's data in every segment.
+ */
+TEST_F_TIMEOUT(dmirror, shmem_dirty_after_device_write, 600)
+{
+	static const char * const how[] = {
+		"written in system memory", "back by CPU fault",
+		"back by read()", "back by MIGRATE_TO_SYS",
+		"back by eviction",
+	};
+	enum { SEG_SYSTEM, SEG_FAULT, SEG_READ, SEG_MIGRATE, SEG_EVICT, NSEG };
+	size_t seg = 2 * SZ_1M, len = NSEG * seg;
+	unsigned long spages = seg / self->psz;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	int mfd, fill, dev, d, s, nbad;
+	char *va, *dbuf;
+	long used0, bad;
+	__u64 word;
+
+	if (access(SHM_SWAPDEV, F_OK))
+		SKIP(return, "%s absent: no RAM disk to swap to", SHM_SWAPDEV);
+	ASSERT_EQ(0, shm_swap_start(self->psz));
+	dev = dmirror_open(variant->unit);
+	ASSERT_LE(0, dev);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	dbuf = malloc(seg);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, shm_memcg_enter(SHM_SWAP_LIMIT));
+
+	mfd = memfd_create("hmm-tests-shmem", MFD_CLOEXEC);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(0, ftruncate(mfd, len));
+	va = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	ASSERT_EQ(-1, zero_find_bad(va, len));
+
+	for (s = 0; s < NSEG; s++) {
+		d = s == SEG_EVICT ? dev : self->fd;
+		if (s != SEG_SYSTEM) {
+			ASSERT_EQ(0, dmirror_req(d, HMM_DMIRROR_MIGRATE_TO_DEV,
+						 va + s * seg, dbuf, spages,
+						 &cmd));
+			ASSERT_EQ(spages, cmd.cpages);
+			ASSERT_EQ(-1, zero_find_bad(dbuf, seg));
+		}
+		pat_fill(dbuf, seg, 391, s * seg);
+		ASSERT_EQ(0, dmirror_req(d, HMM_DMIRROR_WRITE, va + s * seg,
+					 dbuf, spages, &cmd));
+		ASSERT_EQ(spages, cmd.cpages);
+	}
+	ASSERT_EQ(used0 + (NSEG - 1) * spages, shm_devmem_used(self->fd));
+
+	shm_touch(va + SEG_FAULT * seg, seg, self->psz);
+	ASSERT_EQ(-1, shm_pread_check(mfd, SEG_READ * seg, seg, 391));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS,
+				 va + SEG_MIGRATE * seg, NULL, spages, &cmd));
+	ASSERT_EQ(spages, cmd.cpages);
+	ASSERT_EQ(0, close(dev));
+	/* Coherent pages stay on the device when the CPU uses them. */
+	ASSERT_EQ(used0 + (coh ? 2 * spages : 0), shm_devmem_used(self->fd));
+
+	/* Eight times the cgroup's limit, written after the segments. */
+	fill = shm_memfd_pattern(8 * 16 * SZ_1M, 392);
+	ASSERT_LE(0, fill);
+
+	/* Check every segment, to tell which ways of coming back fail. */
+	for (nbad = 0, s = 0; s < NSEG; s++) {
+		bad = shm_pread_check(mfd, s * seg, seg, 391);
+		if (bad >= 0 &&
+		    pread(mfd, &word, sizeof(word), bad) == sizeof(word))
+			TH_LOG("segment %s: 0x%llx at offset %ld", how[s],
+			       (unsigned long long)word, bad);
+		nbad += bad != -1;
+	}
+	ASSERT_EQ(0, nbad);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 391, 0));
+
+	close(fill);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+	free(dbuf);
+	ASSERT_EQ(0, shm_file_write(SHM_CGROUP "/memory.max", "max"));
+	ASSERT_EQ(0, swapoff(SHM_SWAPDEV));
+	shm_memcg_leave();
+}
+
+/*
+ * The file descriptor paths that do not go through read() and write():
+ * splice() out of the file and into it, sendfile() out of it, while the
+ * pages are in device memory, and fallocate() over them.
+ */
+TEST_F(dmirror, shmem_splice_on_device)
+{
+	const unsigned long npages = 16;
+	size_t psz = self->psz, len = npages * psz;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	int mfd, out, pfd[2];
+	char *va, *dbuf;
+	loff_t off;
+	long used0;
+	ssize_t n;
+
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	mfd = shm_memfd_on_device(_metadata, self->fd, npages, psz, 401, &va);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, pipe(pfd));
+
+	/* Page 0 out through a pipe, page 1 in from one. */
+	off = 0;
+	ASSERT_EQ((ssize_t)psz, splice(mfd, &off, pfd[1], NULL, psz, 0));
+	ASSERT_EQ((ssize_t)psz, read(pfd[0], dbuf, psz));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, psz, 401, 0));
+	pat_fill(dbuf, psz, 402, psz);
+	ASSERT_EQ((ssize_t)psz, write(pfd[1], dbuf, psz));
+	off = psz;
+	ASSERT_EQ((ssize_t)psz, splice(pfd[0], NULL, mfd, &off, psz, 0));
+
+	/* Pages 2 and up go to another memfd with sendfile(). */
+	out = memfd_create("hmm-tests-shmem-out", MFD_CLOEXEC);
+	ASSERT_LE(0, out);
+	off = 2 * psz;
+	n = sendfile(out, mfd, &off, len - 2 * psz);
+	ASSERT_EQ((ssize_t)(len - 2 * psz), n);
+	ASSERT_EQ((ssize_t)(len - 2 * psz), pread(out, dbuf, len - 2 * psz, 0));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len - 2 * psz, 401, 2 * psz));
+	ASSERT_EQ(used0 + (coh ? npages : 0), shm_devmem_used(self->fd));
+
+	/* Back on the device, then allocated over and past its end. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, psz, 401, 0));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + psz, psz, 402, psz));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + 2 * psz, len - 2 * psz, 401,
+				   2 * psz));
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(0, fallocate(mfd, 0, 0, 2 * len));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, psz, 401));
+	ASSERT_EQ(-1, shm_pread_check(mfd, psz, psz, 402));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 2 * psz, len - 2 * psz, 401));
+	ASSERT_EQ(-1, shm_pread_check(mfd, len, len, 0));
+
+	close(out);
+	close(pfd[0]);
+	close(pfd[1]);
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+/*
+ * Seals hold for the device too: once a memfd with pages in device memory
+ * is sealed against writes, the device can map it only read-only, a
+ * device write is refused like write(), and the data stays as it was.
+ */
+TEST_F(dmirror, shmem_sealed_memfd)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	long used0;
+	int mfd;
+
+	mfd = memfd_create("hmm-tests-shmem-sealed",
+			   MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(0, ftruncate(mfd, len));
+	ASSERT_EQ(0, shm_pwrite_pattern(mfd, 0, len, 411));
+	va = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(0, munmap(va, len));
+
+	ASSERT_EQ(0, fcntl(mfd, F_ADD_SEALS, F_SEAL_WRITE));
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	va = mmap(NULL, len, PROT_READ, MAP_SHARED, mfd, 0);
+	ASSERT_NE(MAP_FAILED, va);
+	if (!coh)
+		shm_expect_snap(_metadata, self->fd, va, npages,
+				shm_dev_state(false, false));
+	pat_fill(dbuf, len, 412, 0);
+	ASSERT_EQ(-EPERM, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				      npages, &cmd));
+	ASSERT_EQ(-1, pwrite(mfd, dbuf, len, 0));
+	ASSERT_EQ(EPERM, errno);
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 411, 0));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 411, 0));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 411));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+struct shm_exit_job {
+	int mfd;
+	size_t len;
+	int unit;
+};
+
+/*
+ * Child of shmem_owner_exits: map the memfd, move it to the device with a
+ * device file of its own, and exit with both still in place.
+ */
+static int shm_exit_child(void *arg)
+{
+	struct shm_exit_job *job = arg;
+	unsigned long npages = job->len / sysconf(_SC_PAGESIZE);
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf;
+	long used0;
+	int dev;
+
+	dev = dmirror_open(job->unit);
+	va = shm_map(job->mfd, job->len, MAP_SHARED);
+	dbuf = malloc(job->len);
+	used0 = shm_devmem_used(dev);
+	if (dev < 0 || !va || !dbuf || used0 < 0)
+		return 1;
+	if (dmirror_req(dev, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf, npages,
+			&cmd) || pat_find_bad(dbuf, job->len, 421, 0) != -1 ||
+	    shm_devmem_used(dev) != used0 + (long)npages)
+		return 2;
+	pat_fill(dbuf, job->len, 422, 0);
+	if (dmirror_req(dev, HMM_DMIRROR_WRITE, va, dbuf, npages, &cmd))
+		return 3;
+	return 0;
+}
+
+/*
+ * A process moves a shared file to the device and exits: its address
+ * space goes first, then its device file, whose pages come back to the
+ * file with the data the device wrote, for the processes still using it.
+ */
+TEST_F(dmirror, shmem_owner_exits)
+{
+	const unsigned long npages = 32;
+	struct shm_exit_job job = {
+		.len = npages * self->psz,
+		.unit = variant->unit,
+	};
+	long used0;
+	char *va;
+
+	job.mfd = shm_memfd_pattern(job.len, 421);
+	ASSERT_LE(0, job.mfd);
+	va = shm_map(job.mfd, job.len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+
+	ASSERT_EQ(0, in_child(shm_exit_child, &job));
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(-1, shm_pread_check(job.mfd, 0, job.len, 422));
+	ASSERT_EQ(-1, pat_find_bad(va, job.len, 422, 0));
+
+	ASSERT_EQ(0, munmap(va, job.len));
+	close(job.mfd);
+}
+
+#define SHM_RACE_PAGES	32	/* in each of the two halves of the file */
+
+struct shm_race {
+	int dev;
+	int mfd;
+	char *va;
+	size_t psz;
+	unsigned int rounds;	/* of the CPU writer and of the hole puncher */
+	bool stop;		/* for the migrating thread, atomic */
+	int err;		/* first unexpected error of a thread */
+};
+
+/* Word @page of generation @gen, as the writer stores it. */
+static __u64 shm_race_word(unsigned int gen, unsigned long page)
+{
+	return ((__u64)gen << 32) | page;
+}
+
+/*
+ * First half: the CPU stores a new generation into the first word of each
+ * page, in turn through the mapping and with pwrite().
+ */
+static void *shm_race_writer(void *arg)
+{
+	struct shm_race *r = arg;
+	unsigned long p;
+	unsigned int gen;
+	__u64 w;
+
+	for (gen = 1; gen <= r->rounds; gen++) {
+		for (p = 0; p < SHM_RACE_PAGES; p++) {
+			w = shm_race_word(gen, p);
+			if (gen & 1) {
+				__atomic_store_n((__u64 *)(r->va + p * r->psz),
+						 w, __ATOMIC_RELAXED);
+			} else if (pwrite(r->mfd, &w, sizeof(w),
+					  p * r->psz) != sizeof(w)) {
+				r->err = errno;
+				return NULL;
+			}
+		}
+	}
+	return NULL;
+}
+
+/* Second half: punch it out and write pattern 431 back, over and over. */
+static void *shm_race_puncher(void *arg)
+{
+	struct shm_race *r = arg;
+	size_t off = SHM_RACE_PAGES * r->psz, len = off;
+	unsigned int i;
+
+	for (i = 0; i < r->rounds; i++) {
+		if (fallocate(r->mfd, FALLOC_FL_PUNCH_HOLE |
+			      FALLOC_FL_KEEP_SIZE, off, len) ||
+		    shm_pwrite_pattern(r->mfd, off, len, 431)) {
+			r->err = errno ? errno : EIO;
+			return NULL;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * Both halves go to the device and back until told to stop. Pages may be
+ * busy, faulted back or punched out at any time, so a request may fail to
+ * hand back every page (ENOENT); anything else is an error.
+ */
+static void *shm_race_migrator(void *arg)
+{
+	size_t len;
+	struct shm_race *r = arg;
+	struct hmm_dmirror_cmd cmd;
+	unsigned long npages = 2 * SHM_RACE_PAGES;
+	unsigned int i;
+	char *dbuf;
+	int ret;
+
+	len = npages * r->psz;
+	dbuf = malloc(len);
+	if (!dbuf) {
+		r->err = ENOMEM;
+		return NULL;
+	}
+	for (i = 0; !__atomic_load_n(&r->stop, __ATOMIC_RELAXED); i++) {
+		ret = dmirror_req(r->dev, (i % 4 == 3) ?
+				  HMM_DMIRROR_MIGRATE_TO_SYS :
+				  HMM_DMIRROR_MIGRATE_TO_DEV,
+				  r->va, dbuf, npages, &cmd);
+		if (ret && ret != -ENOENT) {
+			r->err = -ret;
+			break;
+		}
+	}
+	free(dbuf);
+	return NULL;
+}
+
+/*
+ * The CPU writes, punches holes and refills while the pages keep moving
+ * to the device and back. Once it stops, every page must hold what was
+ * written last, whichever way it is read, and no device page may be left
+ * behind by a punched-out page.
+ */
+TEST_F_TIMEOUT(dmirror, shmem_race_cpu_and_migration, 300)
+{
+	unsigned long npages = 2 * SHM_RACE_PAGES, p;
+	size_t psz = self->psz, len = npages * psz, half = len / 2;
+	struct hmm_dmirror_cmd cmd;
+	pthread_t mig, wr, pu;
+	struct shm_race r = {
+		.dev = self->fd,
+		.psz = psz,
+		.rounds = 200,
+	};
+	long used0;
+	char *dbuf;
+
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	r.mfd = shm_memfd_pattern(len, 431);
+	ASSERT_LE(0, r.mfd);
+	r.va = shm_map(r.mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, r.va);
+
+	ASSERT_EQ(0, pthread_create(&mig, NULL, shm_race_migrator, &r));
+	ASSERT_EQ(0, pthread_create(&wr, NULL, shm_race_writer, &r));
+	ASSERT_EQ(0, pthread_create(&pu, NULL, shm_race_puncher, &r));
+	pthread_join(wr, NULL);
+	pthread_join(pu, NULL);
+	__atomic_store_n(&r.stop, true, __ATOMIC_RELAXED);
+	pthread_join(mig, NULL);
+	ASSERT_EQ(0, r.err);
+
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, r.va, dbuf,
+				 npages, &cmd));
+	for (p = 0; p < SHM_RACE_PAGES; p++) {
+		ASSERT_EQ(shm_race_word(r.rounds, p),
+			  *(__u64 *)(dbuf + p * psz));
+		ASSERT_EQ(-1, pat_find_bad(dbuf + p * psz + 8, psz - 8, 431,
+					   p * psz + 8));
+	}
+	ASSERT_EQ(-1, pat_find_bad(dbuf + half, half, 431, half));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, r.va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ((ssize_t)len, pread(r.mfd, dbuf, len, 0));
+	for (p = 0; p < SHM_RACE_PAGES; p++)
+		ASSERT_EQ(shm_race_word(r.rounds, p),
+			  *(__u64 *)(dbuf + p * psz));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + half, half, 431, half));
+	ASSERT_EQ(-1, pat_find_bad(r.va + half, half, 431, half));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(r.va, len));
+	close(r.mfd);
+}
+
+/* Path of sysfs attribute @name of the device behind @fd. */
+static int shm_devattr_path(int fd, const char *name, char *path,
+			    size_t size)
+{
+	struct stat st;
+
+	if (fstat(fd, &st))
+		return -errno;
+	snprintf(path, size, "/sys/dev/char/%u:%u/%s", major(st.st_rdev),
+		 minor(st.st_rdev), name);
+	return 0;
+}
+
+/*
+ * Pages of a file on one device are not taken by another device's
+ * request; once back in system memory they move to the other device, and
+ * a device reading pages that sit in another device's private memory
+ * gets them back to system memory with their data.
+ */
+TEST_F(dmirror, shmem_migrate_between_devices)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	long used0, pused0;
+	char *va, *dbuf;
+	int mfd;
+
+	used0 = shm_devmem_used(self->fd);
+	pused0 = shm_devmem_used(self->peer_fd);
+	ASSERT_LE(0, used0);
+	ASSERT_LE(0, pused0);
+	mfd = shm_memfd_on_device(_metadata, self->fd, npages, self->psz, 451,
+				  &va);
+	ASSERT_LE(0, mfd);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+
+	ASSERT_EQ(-ENOENT, dmirror_req(self->peer_fd,
+				       HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
+				       npages, &cmd));
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(pused0, shm_devmem_used(self->peer_fd));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				 va, dbuf, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 451, 0));
+	ASSERT_EQ(pused0 + npages, shm_devmem_used(self->peer_fd));
+	if (!coh)
+		shm_expect_snap(_metadata, self->peer_fd, va, npages,
+				shm_dev_state(false, true));
+	pat_fill(dbuf, len, 452, 0);
+	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+
+	/* Not this device's pages: nothing for it to bring back. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(0, cmd.cpages);
+	ASSERT_EQ(pused0 + npages, shm_devmem_used(self->peer_fd));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 452, 0));
+	ASSERT_EQ(pused0 + (coh ? npages : 0),
+		  shm_devmem_used(self->peer_fd));
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 452));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+/*
+ * When device memory runs out in the middle of a request, the pages that
+ * got no device page stay in the page cache with their data, and those
+ * that did are on the device.
+ */
+TEST_F(dmirror, shmem_device_memory_runs_out)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *dbuf, path[96];
+	long used0;
+	int mfd, ret;
+
+	ASSERT_EQ(0, shm_devattr_path(self->fd, "devmem_limit", path,
+				      sizeof(path)));
+	mfd = shm_memfd_pattern(len, 461);
+	ASSERT_LE(0, mfd);
+	va = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+
+	ASSERT_EQ(0, write_long_file(path, used0 + npages / 2));
+	ret = dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
+			  npages, &cmd);
+	ASSERT_EQ(0, write_long_file(path, 0));
+	ASSERT_EQ(-ENOMEM, ret);
+	ASSERT_EQ(used0 + npages / 2, shm_devmem_used(self->fd));
+	if (!variant->coherent)
+		shm_expect_snap(_metadata, self->fd, va, npages / 2,
+				shm_dev_state(false, true));
+
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 461));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 461, 0));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
+/*
+ * A mapping of pages never touched by the CPU has no page table, and the
+ * device finds them through the page cache. Making that mapping
+ * read-only must still take write access away from the device: a device
+ * write is refused with EPERM and the file keeps its data.
+ */
+TEST_F(dmirror, shmem_mprotect_unpopulated)
+{
+	const unsigned long npages = 16;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *area, *va, *dbuf;
+	long used0, bad;
+	int mfd, ret;
+
+	/* Alone in its own GiB, so that not even a PUD entry exists. */
+	area = mmap(NULL, 2 * SZ_1G, PROT_NONE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ASSERT_NE(MAP_FAILED, area);
+	va = (char *)(((uintptr_t)area + SZ_1G - 1) & ~(uintptr_t)(SZ_1G - 1));
+	mfd = shm_memfd_pattern(len, 471);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(va, mmap(va, len, PROT_READ | PROT_WRITE,
+			   MAP_SHARED | MAP_FIXED, mfd, 0));
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 471, 0));
+	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+	if (!variant->coherent)
+		shm_expect_snap(_metadata, self->fd, va, npages,
+				shm_dev_state(false, false));
+	pat_fill(dbuf, len, 472, 0);
+	ret = dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf, npages, &cmd);
+	bad = shm_pread_check(mfd, 0, len, 471);
+	if (bad != -1)
+		TH_LOG("the file changed through a read-only mapping");
+	ASSERT_EQ(-EPERM, ret);
+	ASSERT_EQ(-1, bad);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 471, 0));
+
+	free(dbuf);
+	ASSERT_EQ(0, munmap(area, 2 * SZ_1G));
+	close(mfd);
+}
+
+struct shm_release_race {
+	int dev;
+	int mfd;
+	char *va;	/* this thread's part of the file */
+	size_t off;	/* its offset in the file */
+	size_t len;
+	size_t psz;
+	bool back_by_read;	/* else by MIGRATE_TO_SYS */
+	bool *stop;	/* atomic */
+	int err;
+};
+
+/*
+ * Move a part of the file to the device and back, by read() or by
+ * MIGRATE_TO_SYS, in a loop. A release in progress leaves no device
+ * memory to allocate (ENOMEM) and takes pages away (ENOENT): the pages
+ * then just stay in, or come back to, system memory.
+ */
+static void *shm_release_race_cpu(void *arg)
+{
+	struct shm_release_race *r = arg;
+	unsigned long npages = r->len / r->psz;
+	struct hmm_dmirror_cmd cmd;
+	char *dbuf;
+	int ret;
+
+	dbuf = malloc(r->len);
+	if (!dbuf) {
+		r->err = ENOMEM;
+		return NULL;
+	}
+	while (!__atomic_load_n(r->stop, __ATOMIC_RELAXED)) {
+		ret = dmirror_req(r->dev, HMM_DMIRROR_MIGRATE_TO_DEV, r->va,
+				  dbuf, npages, &cmd);
+		if (ret && ret != -ENOENT && ret != -ENOMEM) {
+			r->err = -ret;
+			break;
+		}
+		if (!r->back_by_read)
+			ret = dmirror_req(r->dev, HMM_DMIRROR_MIGRATE_TO_SYS,
+					  r->va, NULL, npages, &cmd);
+		if (ret && ret != -ENOENT && ret != -ENOMEM) {
+			r->err = -ret;
+			break;
+		}
+		if (shm_pread_check(r->mfd, r->off, r->len, 481) != -1) {
+			r->err = EIO;
+			break;
+		}
+	}
+	free(dbuf);
+	return NULL;
+}
+
+/*
+ * The device empties its memory (HMM_DMIRROR_RELEASE) while pages of a
+ * file keep going to it and coming back through read(): eviction must
+ * cope with device pages that are on their way back or just left the
+ * page cache, and the file must lose nothing.
+ */
+TEST_F_TIMEOUT(dmirror, shmem_release_races_cpu, 120)
+{
+	const unsigned long npages = 64;
+	size_t len = npages * self->psz, half = len / 2;
+	struct shm_release_race r[2];
+	struct hmm_dmirror_cmd cmd;
+	bool stop = false;
+	pthread_t cpu[2];
+	int mfd, ret, i;
+	time_t end;
+	char *va;
+
+	mfd = shm_memfd_pattern(len, 481);
+	ASSERT_LE(0, mfd);
+	va = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	for (i = 0; i < 2; i++) {
+		r[i] = (struct shm_release_race) {
+			.dev = self->fd,
+			.mfd = mfd,
+			.va = va + i * half,
+			.off = i * half,
+			.len = half,
+			.psz = self->psz,
+			.back_by_read = !i,
+			.stop = &stop,
+		};
+		ASSERT_EQ(0, pthread_create(&cpu[i], NULL,
+					    shm_release_race_cpu, &r[i]));
+	}
+
+	/* Each release unplugs the memory: a few seconds of them. */
+	end = time(NULL) + 4;
+	do {
+		ret = dmirror_req(self->fd, HMM_DMIRROR_RELEASE, va, NULL, 1,
+				  &cmd);
+	} while ((!ret || ret == -EBUSY) && time(NULL) < end);
+	__atomic_store_n(&stop, true, __ATOMIC_RELAXED);
+	for (i = 0; i < 2; i++)
+		pthread_join(cpu[i], NULL);
+	ASSERT_TRUE(ret == 0 || ret == -EBUSY);
+	ASSERT_EQ(0, r[0].err);
+	ASSERT_EQ(0, r[1].err);
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 481));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 481, 0));
+
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+}
+
 TEST_HARNESS_MAIN
