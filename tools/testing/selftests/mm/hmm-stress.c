@@ -6,9 +6,10 @@
  * Stress: several processes, each with several threads, race for a bounded
  * time on one range: CPU and device (HMM_DMIRROR_WRITE) writes, CPU and
  * device reads, migration to device memory and back, munmap and mmap of the
- * same addresses, mprotect, MADV_DONTNEED, fork with device pages (the
- * child checks its copy) and HMM_DMIRROR_RELEASE, on 4K pages, THP and
- * shmem.  The range is cut into slots, each with a process-shared rwlock:
+ * same addresses, mprotect, MADV_DONTNEED (a hole punch for shmem, which
+ * frees pages wherever they are, device memory included), fork with
+ * device pages (the child checks its copy) and HMM_DMIRROR_RELEASE, on 4K
+ * pages, THP and shmem.  The range is cut into slots, each with a process-shared rwlock:
  * an operation that changes content (or mappings) holds it for writing, so
  * every page has one writer at a time and an exact expected content, kept
  * as (writer id, generation) per page; operations that keep the content
@@ -404,10 +405,25 @@ static void forget_slot(struct stress *st, unsigned long slot)
 		       st->slot_pages * sizeof(struct expect));
 }
 
+/*
+ * Drop the slot's pages. MADV_DONTNEED only unmaps shmem, so shmem punches
+ * a hole in the file instead: every process then reads zeroes there.
+ */
 static void op_dontneed(struct worker *wk, unsigned long slot)
 {
 	struct stress *st = wk->st;
 
+	if (st->backing == B_SHMEM) {
+		if (fallocate(st->memfd, FALLOC_FL_PUNCH_HOLE |
+			      FALLOC_FL_KEEP_SIZE, slot * slot_bytes(st),
+			      slot_bytes(st)))
+			fail(st, "hole punch slot %lu: %s", slot,
+			     strerror(errno));
+		else
+			memset(slot_exp(st, slot), 0,
+			       st->slot_pages * sizeof(struct expect));
+		return;
+	}
 	if (madvise(slot_addr(st, slot), slot_bytes(st), MADV_DONTNEED))
 		fail(st, "MADV_DONTNEED slot %lu: %s", slot, strerror(errno));
 	else
