@@ -192,7 +192,9 @@ report() {
 		--machine "$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
 		--rounds "$ROUNDS" --reps "$REPS" \
 		--note "ours: $(git -C "$LINUX" rev-parse --short HEAD), $(git -C "$LINUX" rev-list --count base..HEAD) commits on base; upstream: base, $(git -C "$LINUX" log -1 --format=%s base)"
-	if command -v gnuplot >/dev/null; then
+	if [ -n "$CASES" ]; then
+		warn "BENCH_CASES ran a subset of the cases: no plot"
+	elif command -v gnuplot >/dev/null; then
 		(cd "$RESULTS" && gnuplot "$HARNESS/bench/plot.gp") >"$LOGS/gnuplot.log" 2>&1 ||
 			die "gnuplot failed (log in $LOGS/gnuplot.log)"
 		info "plot: $RESULTS/sweep.png"

@@ -38,7 +38,7 @@ TARGETS = {
 
 ORDER = ['memcpy', 'snapshot-4k', 'snapshot-thp', 'fault-read', 'fault-write',
          'dev-read', 'dev-write', 'migrate-dev-4k', 'migrate-sys',
-         'migrate-dev-thp', 'cpu-fault-back', 'munmap-plain', 'munmap-mirror',
+         'migrate-dev-shmem', 'migrate-sys-shmem', 'migrate-dev-thp', 'cpu-fault-back', 'munmap-plain', 'munmap-mirror',
          'mprotect-plain', 'mprotect-mirror', 'exclusive-grant',
          'exclusive-revoke']
 
