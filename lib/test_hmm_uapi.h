@@ -71,6 +71,12 @@ struct hmm_dmirror_cmd {
 #define HMM_DMIRROR_DMA_STATS		_IOWR('H', 0x12, struct hmm_dmirror_cmd)
 /* Drop every DMA mapping of the window; @cpages is how many were live. */
 #define HMM_DMIRROR_DMA_UNMAP		_IOWR('H', 0x13, struct hmm_dmirror_cmd)
+/*
+ * Device writes only the nonzero bytes of @ptr into the range and leaves
+ * the bytes where @ptr holds zero as they are: a partial write, as a
+ * device with byte enables does it.
+ */
+#define HMM_DMIRROR_DMA_WRITE_PARTIAL	_IOWR('H', 0x14, struct hmm_dmirror_cmd)
 
 /**
  * struct hmm_dmirror_dma_stats - state of a file's DMA window
