@@ -1560,13 +1560,14 @@ out:
  * The device reaches system pages through the DMA addresses the
  * hmm_dma_map helpers give it for a platform device, as hardware behind
  * the DMA API would.  With no hardware, "the device accesses DMA address
- * A" means the CPU copies at the kernel address of dma_to_phys(A): the page
- * itself with dma-direct, the bounce slot when swiotlb bounces.  So data
- * only arrives if the syncs and unmaps are right.  The device's own
- * device-private pages need no mapping and are accessed directly.
+ * A" means the CPU copies at the kernel address of dma_to_phys(A), which
+ * must be the page itself: hmm_dma refuses a device whose mappings would
+ * bounce (swiotlb=force), and every request then fails with -EOPNOTSUPP.
+ * The device's own device-private pages need no mapping and are accessed
+ * directly.
  */
 
-/* Largest DMA window of one file: 32 MiB, half the default swiotlb pool. */
+/* Largest DMA window of one file: 32 MiB. */
 #define DMIRROR_DMA_MAX_PAGES	(SZ_32M >> PAGE_SHIFT)
 
 /* What a DMA request makes the device do with each page of the range. */
@@ -1707,8 +1708,9 @@ static void dmirror_dma_store(void *dst, const void *src,
 
 /*
  * The device accesses page @idx of the window through its DMA address.
- * Reads refresh the device's view first; writes are published to the CPU
- * once done, which is what lets unmapping skip the copy back.
+ * It reaches the page itself, coherently, so neither side syncs: CPU
+ * stores made while the page is mapped are seen by the device, and the
+ * device's stores by the CPU, byte for byte.
  */
 static int dmirror_dma_access(struct dmirror *dmirror, unsigned long idx,
 			      void *buf, enum dmirror_dma_op op)
@@ -1740,7 +1742,10 @@ static int dmirror_dma_access(struct dmirror *dmirror, unsigned long idx,
 	if (ret < 0)
 		return ret;
 
-	/* dma-direct only (checked by the caller): no IOMMU translation. */
+	/*
+	 * dma-direct only (checked by the caller): no IOMMU translation.  An
+	 * address elsewhere than the page is a bug the tests must see.
+	 */
 	phys = dma_to_phys(dev, addr);
 	if (phys != hmm_pfn_to_phys(hpfn))
 		dma->bounced++;
@@ -1748,12 +1753,10 @@ static int dmirror_dma_access(struct dmirror *dmirror, unsigned long idx,
 	if (write) {
 		dmirror_dma_store(va, buf, op);
 		dmirror_page_written(hmm_pfn_to_page(hpfn));
-		return hmm_dma_sync_for_cpu(&dma->map, idx);
-	}
-	ret = hmm_dma_sync_for_device(&dma->map, idx);
-	if (!ret)
+	} else {
 		memcpy(buf, va, PAGE_SIZE);
-	return ret;
+	}
+	return 0;
 }
 
 /*
