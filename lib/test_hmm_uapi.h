@@ -56,9 +56,11 @@ struct hmm_dmirror_cmd {
 /*
  * DMA mode: the device reaches system memory only through DMA addresses
  * obtained with the hmm_dma_map helpers (include/linux/hmm-dma.h) for a
- * real struct device, so swiotlb bouncing applies when the kernel forces
- * it.  Each file keeps the mappings of its last DMA range (its window)
- * until that range is invalidated or a DMA request names another range.
+ * real struct device.  The helpers refuse a device whose mappings would
+ * bounce, so with swiotlb=force every DMA_READ, DMA_WRITE and
+ * DMA_WRITE_PARTIAL fails with EOPNOTSUPP and touches nothing.  Each file
+ * keeps the mappings of its last DMA range (its window) until that range
+ * is invalidated or a DMA request names another range.
  */
 /* Device reads the range into @ptr through DMA addresses. */
 #define HMM_DMIRROR_DMA_READ		_IOWR('H', 0x10, struct hmm_dmirror_cmd)
@@ -71,6 +73,12 @@ struct hmm_dmirror_cmd {
 #define HMM_DMIRROR_DMA_STATS		_IOWR('H', 0x12, struct hmm_dmirror_cmd)
 /* Drop every DMA mapping of the window; @cpages is how many were live. */
 #define HMM_DMIRROR_DMA_UNMAP		_IOWR('H', 0x13, struct hmm_dmirror_cmd)
+/*
+ * Device writes only the nonzero bytes of @ptr into the range and leaves
+ * the bytes where @ptr holds zero as they are: a partial write, as a
+ * device with byte enables does it.
+ */
+#define HMM_DMIRROR_DMA_WRITE_PARTIAL	_IOWR('H', 0x14, struct hmm_dmirror_cmd)
 
 /**
  * struct hmm_dmirror_dma_stats - state of a file's DMA window
@@ -81,7 +89,8 @@ struct hmm_dmirror_cmd {
  * @local:        pages of the last DMA request served from the device's
  *                own memory (nothing to map)
  * @bounced:      pages of the last DMA request whose DMA address did not
- *                lead to the page itself (a swiotlb bounce buffer)
+ *                lead to the page itself; always 0 unless hmm_dma let a
+ *                bouncing device through
  * @max_mapping:  largest DMA mapping the device takes, in bytes
  */
 struct hmm_dmirror_dma_stats {

@@ -11,17 +11,23 @@
  * exact, idempotent, and works from any entry of a huge mapping.
  *
  * Only 6.12's streaming DMA API is used (dma_map_page_attrs() and
- * friends): that covers dma-direct, swiotlb bouncing and IOMMUs alike.
+ * dma_unmap_page_attrs()), for dma-direct and IOMMUs alike.
  *
  * Mirrored pages differ from ordinary streaming DMA buffers in one way
- * that matters for bouncing: the CPU keeps using them while they are
- * mapped.  A copy back from a bounce buffer at unmap time could therefore
- * overwrite newer CPU data with stale device data, so unmapping never
- * copies; the driver publishes device writes with hmm_dma_sync_for_cpu()
- * when they complete and refreshes the device's view with
- * hmm_dma_sync_for_device() before it reads.  Both are free when the
- * device is cache coherent and does not bounce.
+ * that decides which devices can use them: the CPU keeps using a page
+ * while the device has it mapped, and nothing tells either side when the
+ * other writes.  The streaming API's ownership rule (the CPU leaves a
+ * buffer alone between the sync for the device and the sync for the CPU)
+ * cannot hold.  Through a bounce buffer, publishing a device write copies
+ * the whole slot back and undoes the CPU stores made meanwhile, even to
+ * bytes the device never wrote; on a platform that is not cache coherent,
+ * the sync for the CPU invalidates cache lines the CPU has dirtied.  No
+ * placement of syncs fixes that, so the helpers serve only devices that
+ * reach every page directly and coherently: hmm_dma_map_init() refuses
+ * the others with -EOPNOTSUPP, hmm_dma_map_pfn() refuses an address the
+ * DMA API still says needs syncing, and there is no sync call at all.
  */
+#include <linux/dma-map-ops.h>
 #include <linux/dma-mapping.h>
 #include <linux/export.h>
 #include <linux/hmm-dma.h>
@@ -30,6 +36,7 @@
 #include <linux/mm.h>
 #include <linux/mutex.h>
 #include <linux/slab.h>
+#include <linux/swiotlb.h>
 
 /*
  * State word of an entry; 0 means nothing is mapped there.  Every entry of
@@ -71,6 +78,19 @@ static void hmm_dma_assert_locked(struct hmm_dma_map *map)
 		lockdep_assert_held(map->lock);
 }
 
+/*
+ * Can @dev reach every page of memory directly and coherently, so that
+ * its mappings never need a sync?  Not if its DMA is not cache coherent,
+ * if swiotlb bounces all its mappings (swiotlb=force, a restricted DMA
+ * pool), or if its DMA mask leaves memory out, which makes dma-direct
+ * bounce whatever lies beyond it.
+ */
+static bool hmm_dma_dev_direct(struct device *dev)
+{
+	return dev_is_dma_coherent(dev) && !is_swiotlb_force_bounce(dev) &&
+	       !dma_addressing_limited(dev);
+}
+
 /**
  * hmm_dma_map_init() - set up the DMA mapping state of a range
  * @map: state to initialise, owned by the caller
@@ -85,9 +105,20 @@ static void hmm_dma_assert_locked(struct hmm_dma_map *map)
  *
  * Nothing is mapped yet; entries get mapped by hmm_dma_map_pfn().
  *
+ * Only a device that reaches all memory directly and coherently is
+ * accepted: the CPU keeps using a mirrored page while the device has it
+ * mapped, and a bounce buffer or a cache invalidation would undo its
+ * stores.  A driver whose device is refused must keep the device off
+ * mirrored memory, for instance by copying through memory of its own.
+ * On failure @map is left empty: every call refuses it and
+ * hmm_dma_map_destroy() does nothing.
+ *
  * Context: process context, may sleep (allocates with GFP_KERNEL).
  * Return: 0 on success; -EINVAL if @dev is NULL, has no DMA mask, or
- * @nr_entries is 0; -ENOMEM if the state could not be allocated.
+ * @nr_entries is 0; -EOPNOTSUPP if @dev is not cache coherent, has its
+ * mappings bounced by swiotlb (swiotlb=force, a restricted DMA pool) or
+ * cannot address all memory (dma_addressing_limited()); -ENOMEM if the
+ * state could not be allocated.
  */
 int hmm_dma_map_init(struct hmm_dma_map *map, struct device *dev,
 		     unsigned long nr_entries, void *owner,
@@ -96,6 +127,8 @@ int hmm_dma_map_init(struct hmm_dma_map *map, struct device *dev,
 	memset(map, 0, sizeof(*map));
 	if (!dev || !dev->dma_mask || !nr_entries)
 		return -EINVAL;
+	if (!hmm_dma_dev_direct(dev))
+		return -EOPNOTSUPP;
 
 	map->addrs = kvcalloc(nr_entries, sizeof(*map->addrs), GFP_KERNEL);
 	map->state = kvcalloc(nr_entries, sizeof(*map->state), GFP_KERNEL);
@@ -121,7 +154,7 @@ static void hmm_dma_drop(struct hmm_dma_map *map, unsigned long head)
 	unsigned long n = 1UL << hds_order(st);
 	unsigned long i;
 
-	/* No copy back: see the top of this file. */
+	/* Direct and coherent: nothing to copy or flush back. */
 	dma_unmap_page_attrs(map->dev, map->addrs[head], n << PAGE_SHIFT,
 			     hds_dir(st), DMA_ATTR_SKIP_CPU_SYNC);
 	for (i = head; i < head + n; i++) {
@@ -232,6 +265,14 @@ static bool hmm_dma_entry_fits(struct hmm_dma_map *map, unsigned long idx,
  * does that when the driver passes its owner in dev_private_owner).
  * Device-coherent pages are ordinary memory and are mapped.
  *
+ * The device reaches the page itself, so CPU and device stores are seen
+ * by the other side without any sync.  Should the DMA API nevertheless
+ * report that the new mapping needs syncing (dma_need_sync(), e.g. an
+ * IOMMU bouncing a mapping smaller than its granule), the mapping is
+ * dropped again and refused.  With CONFIG_DMA_API_DEBUG, dma_need_sync()
+ * is true for every mapping of a device behind an IOMMU, so such devices
+ * are refused there.
+ *
  * Context: the map's lock held if it has one.  Does not sleep.  The
  * result is valid until the entry is unmapped, which the driver's
  * invalidation callback must do for the pages it drops.
@@ -241,13 +282,15 @@ static bool hmm_dma_entry_fits(struct hmm_dma_map *map, unsigned long idx,
  * or @hmm_pfn names no page; -EFAULT if @hmm_pfn is not HMM_PFN_VALID or
  * is HMM_PFN_ERROR (fault it in first); -EXDEV for another owner's
  * device-private page; -EOPNOTSUPP for other memory the DMA API cannot
- * map this way (PCI peer-to-peer); -ENOMEM if the DMA mapping failed
- * (e.g. the swiotlb pool is full).
+ * map this way (PCI peer-to-peer) and for a mapping that would need
+ * syncing; -ENOMEM if the DMA mapping failed (e.g. no IOMMU address
+ * space left).
  */
 int hmm_dma_map_pfn(struct hmm_dma_map *map, unsigned long idx,
 		    unsigned long hmm_pfn, dma_addr_t *dma_addr)
 {
 	bool write = hmm_pfn & HMM_PFN_WRITE;
+	enum dma_data_direction dir = write ? DMA_BIDIRECTIONAL : DMA_TO_DEVICE;
 	unsigned long pfn, head, n, i;
 	struct page *page;
 	unsigned int order;
@@ -280,10 +323,15 @@ int hmm_dma_map_pfn(struct hmm_dma_map *map, unsigned long idx,
 	n = 1UL << order;
 	head = idx - (pfn & (n - 1));
 	base = dma_map_page_attrs(map->dev, pfn_to_page(pfn - (idx - head)), 0,
-				  n << PAGE_SHIFT,
-				  write ? DMA_BIDIRECTIONAL : DMA_TO_DEVICE, 0);
+				  n << PAGE_SHIFT, dir, 0);
 	if (dma_mapping_error(map->dev, base))
 		return -ENOMEM;
+	if (dma_need_sync(map->dev, base)) {
+		/* A bounce slot is never copied back over the page. */
+		dma_unmap_page_attrs(map->dev, base, n << PAGE_SHIFT, dir,
+				     DMA_ATTR_SKIP_CPU_SYNC);
+		return -EOPNOTSUPP;
+	}
 
 	for (i = 0; i < n; i++) {
 		map->addrs[head + i] = base + (i << PAGE_SHIFT);
@@ -330,8 +378,8 @@ EXPORT_SYMBOL_GPL(hmm_dma_lookup);
  * [@idx, @idx + @count): the entries outside that window become unmapped
  * too and will be mapped again by hmm_dma_map_pfn().  Entries that are not
  * mapped, and entries past the end of the map, are ignored, so unmapping
- * twice is harmless.  Nothing is copied back from bounce buffers: device
- * writes must have been published with hmm_dma_sync_for_cpu().
+ * twice is harmless.  Nothing needs copying or flushing back: the device
+ * wrote to the pages themselves, coherently.
  *
  * Context: the map's lock held if it has one; this is what the driver's
  * invalidation callback calls.  Does not sleep.
@@ -346,59 +394,3 @@ unsigned long hmm_dma_unmap_range(struct hmm_dma_map *map,
 	return hmm_dma_drop_range(map, idx, count);
 }
 EXPORT_SYMBOL_GPL(hmm_dma_unmap_range);
-
-static int hmm_dma_sync(struct hmm_dma_map *map, unsigned long idx,
-			bool for_cpu)
-{
-	unsigned long st;
-
-	hmm_dma_assert_locked(map);
-	if (!map->state || idx >= map->nr_entries)
-		return -EINVAL;
-	st = map->state[idx];
-	if (!(st & HDS_MAPPED))
-		return -ENOENT;
-	if (for_cpu)
-		dma_sync_single_for_cpu(map->dev, map->addrs[idx], PAGE_SIZE,
-					hds_dir(st));
-	else
-		dma_sync_single_for_device(map->dev, map->addrs[idx],
-					   PAGE_SIZE, hds_dir(st));
-	return 0;
-}
-
-/**
- * hmm_dma_sync_for_device() - give the device the CPU's view of one page
- * @map: the mapping state
- * @idx: the entry
- *
- * Call before the device reads the page at @idx through its DMA address,
- * since the CPU may have written it after it was mapped.
- *
- * Context: the map's lock held if it has one.  Does not sleep.
- * Return: 0; -EINVAL if @idx is outside the map; -ENOENT if the entry is
- * not mapped.
- */
-int hmm_dma_sync_for_device(struct hmm_dma_map *map, unsigned long idx)
-{
-	return hmm_dma_sync(map, idx, false);
-}
-EXPORT_SYMBOL_GPL(hmm_dma_sync_for_device);
-
-/**
- * hmm_dma_sync_for_cpu() - publish what the device wrote to one page
- * @map: the mapping state
- * @idx: the entry
- *
- * Call once a device write to the page at @idx has completed, before the
- * entry can be unmapped: unmapping does not copy bounce buffers back.
- *
- * Context: the map's lock held if it has one.  Does not sleep.
- * Return: 0; -EINVAL if @idx is outside the map; -ENOENT if the entry is
- * not mapped.
- */
-int hmm_dma_sync_for_cpu(struct hmm_dma_map *map, unsigned long idx)
-{
-	return hmm_dma_sync(map, idx, true);
-}
-EXPORT_SYMBOL_GPL(hmm_dma_sync_for_cpu);

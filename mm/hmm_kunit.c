@@ -39,6 +39,7 @@
 #include <linux/shmem_fs.h>
 #include <linux/slab.h>
 #include <linux/swapops.h>
+#include <linux/swiotlb.h>
 #include <linux/uaccess.h>
 
 #define HK_NPAGES	16
@@ -2214,9 +2215,11 @@ kunit_test_suite(hmm_fuzz_suite);
  * hmm_dma: DMA mappings of mirrored pages (include/linux/hmm-dma.h).
  *
  * A KUnit device with a 64-bit DMA mask stands in for the hardware.  The
- * "device" reaches a DMA address at the kernel address of dma_to_phys():
- * the page itself with dma-direct, a bounce slot under swiotlb=force, so
- * the data checks below hold only if mapping and syncing are right.
+ * "device" reaches a DMA address at the kernel address of dma_to_phys(),
+ * which must be the page itself: hmm_dma only serves devices that reach
+ * memory directly and coherently, so nothing is ever synced.  Under
+ * swiotlb=force it refuses every device; the hmm_dma_test_refuse_* cases
+ * check that, the others need a device it accepts.
  */
 
 /*
@@ -2277,6 +2280,8 @@ static struct device *hd_device(struct kunit *test)
 	/* The checks read DMA addresses back as physical ones. */
 	if (get_dma_ops(dev))
 		kunit_skip(test, "device is behind an IOMMU, not dma-direct");
+	if (is_swiotlb_force_bounce(dev))
+		kunit_skip(test, "swiotlb=force: hmm_dma refuses every device");
 	return dev;
 }
 
@@ -2336,9 +2341,9 @@ static void hd_view_fill(void *va, unsigned long uaddr, u64 tag)
 }
 
 /*
- * Map every page, read the CPU's data through the DMA addresses, write new
- * data through them and check the CPU sees it; mapping again is free, and
- * unmapping is exact and idempotent.
+ * Map every page, read the CPU's data through the DMA addresses (the pages'
+ * own), write new data through them and check the CPU sees it; mapping
+ * again is free, and unmapping is exact and idempotent.
  */
 static void hmm_dma_test_map_read_write(struct kunit *test)
 {
@@ -2363,11 +2368,12 @@ static void hmm_dma_test_map_read_write(struct kunit *test)
 
 		KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, i, pfns[i],
 						      &dma[i]), 0);
-		KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_device(&hd->map, i), 0);
+		/* Direct: the DMA address leads to the page itself. */
+		KUNIT_EXPECT_EQ(test, dma_to_phys(dev, dma[i]),
+				page_to_phys(hmm_pfn_to_page(pfns[i])));
 		KUNIT_EXPECT_TRUE(test, hd_view_matches(hd_dev_view(dev, dma[i]),
 							uaddr, 21));
 		hd_view_fill(hd_dev_view(dev, dma[i]), uaddr, 22);
-		KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_cpu(&hd->map, i), 0);
 	}
 	KUNIT_EXPECT_EQ(test, hd->map.nr_mappings, (unsigned long)HK_NPAGES);
 
@@ -2411,13 +2417,11 @@ static void hmm_dma_test_write_upgrade(struct kunit *test)
 	KUNIT_ASSERT_EQ(test, hk_fault(&hd->hn, &range), 0);
 	KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, 0,
 					      pfn & ~HMM_PFN_WRITE, &ro), 0);
-	KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_device(&hd->map, 0), 0);
 	KUNIT_EXPECT_TRUE(test, hd_view_matches(hd_dev_view(dev, ro), addr, 23));
 	KUNIT_EXPECT_TRUE(test, pfn & HMM_PFN_WRITE);
 	KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, 0, pfn, &rw), 0);
 	KUNIT_EXPECT_EQ(test, hd->map.nr_mappings, 1UL);
 	hd_view_fill(hd_dev_view(dev, rw), addr, 24);
-	KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_cpu(&hd->map, 0), 0);
 	mutex_unlock(&hd->hn.lock);
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr, PAGE_SIZE, 24), 0);
 }
@@ -2458,8 +2462,6 @@ static void hmm_dma_test_invalidate(struct kunit *test)
 		KUNIT_EXPECT_EQ(test, hmm_dma_lookup(&hd->map, i, &dma),
 				(i >= 4 && i < 8) ? -ENOENT : 0);
 	KUNIT_EXPECT_EQ(test, hd->map.nr_mappings, (unsigned long)HK_NPAGES - 4);
-	KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_device(&hd->map, 5), -ENOENT);
-	KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_device(&hd->map, 15), 0);
 	KUNIT_EXPECT_TRUE(test, hd_view_matches(hd_dev_view(dev, dma),
 						addr + 15 * PAGE_SIZE, 25));
 	mutex_unlock(&hd->hn.lock);
@@ -2470,8 +2472,6 @@ static void hmm_dma_test_invalidate(struct kunit *test)
 	for (i = 0; i < 8; i++) {
 		KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, 8 + i, pfns[i],
 						      &dma), 0);
-		KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_device(&hd->map, 8 + i),
-				0);
 		KUNIT_EXPECT_TRUE(test, hd_view_matches(hd_dev_view(dev, dma),
 							addr + (8 + i) * PAGE_SIZE,
 							25));
@@ -2536,12 +2536,10 @@ static void hmm_dma_test_thp(struct kunit *test)
 				   want);
 			break;
 		}
-		KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_device(&hd->map, i), 0);
 		KUNIT_EXPECT_TRUE(test, hd_view_matches(hd_dev_view(dev, dma),
 							thp + i * PAGE_SIZE,
 							27));
 		hd_view_fill(hd_dev_view(dev, dma), thp + i * PAGE_SIZE, 28);
-		KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_cpu(&hd->map, i), 0);
 	}
 	KUNIT_EXPECT_EQ(test, hmm_dma_unmap_pfn(&hd->map, 300), 1UL);
 	KUNIT_EXPECT_EQ(test, hd->map.nr_mappings, huge ? 0UL : npages - 1);
@@ -2621,14 +2619,11 @@ static void hmm_dma_test_bad_input(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, hd->map.nr_mappings, 0UL);
 	KUNIT_EXPECT_EQ(test, hmm_dma_lookup(&hd->map, 0, &dma), -ENOENT);
 	KUNIT_EXPECT_EQ(test, hmm_dma_lookup(&hd->map, 7, &dma), -EINVAL);
-	KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_cpu(&hd->map, 0), -ENOENT);
-	KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_device(&hd->map, 2), -EINVAL);
 	KUNIT_EXPECT_EQ(test, hmm_dma_unmap_range(&hd->map, 5, 10), 0UL);
 	KUNIT_EXPECT_EQ(test, hmm_dma_unmap_pfn(&hd->map, 0), 0UL);
 
 	/* And the state still works. */
 	KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, 0, pfn, &dma), 0);
-	KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_device(&hd->map, 0), 0);
 	KUNIT_EXPECT_TRUE(test, hd_view_matches(hd_dev_view(dev, dma), addr, 29));
 	mutex_unlock(&hd->hn.lock);
 }
@@ -2714,6 +2709,113 @@ static void hmm_dma_test_device_private(struct kunit *test)
 #endif
 }
 
+static void hd_page_free(void *page)
+{
+	__free_page(page);
+}
+
+/* A zeroed page, freed with the case; *@hpfn as hmm_range_fault() names it. */
+static struct page *hd_page(struct kunit *test, unsigned long *hpfn)
+{
+	struct page *page = alloc_page(GFP_KERNEL | __GFP_ZERO);
+
+	KUNIT_ASSERT_NOT_NULL(test, page);
+	KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test, hd_page_free,
+							page), 0);
+	*hpfn = page_to_pfn(page) | HMM_PFN_VALID | HMM_PFN_WRITE;
+	return page;
+}
+
+/*
+ * A device whose DMA mask does not cover all memory would have its pages
+ * bounced (dma_addressing_limited()), and a bounce buffer undoes the CPU
+ * stores made to a mirrored page while it is mapped: init refuses it.  The
+ * refused state is as empty as after any failed init, and argument errors
+ * still come first.
+ */
+static void hmm_dma_test_refuse_limited(struct kunit *test)
+{
+	struct device *dev = kunit_device_register(test, "hmm_dma_kunit_32bit");
+	struct hmm_dma_map map;
+	unsigned long hpfn;
+	dma_addr_t dma = 0;
+
+	KUNIT_ASSERT_FALSE(test, IS_ERR(dev));
+	KUNIT_ASSERT_EQ(test, dma_coerce_mask_and_coherent(dev,
+							   DMA_BIT_MASK(32)), 0);
+	if (!dma_addressing_limited(dev))
+		kunit_skip(test, "all memory is below 4 GiB: nothing to bounce");
+	hd_page(test, &hpfn);
+
+	KUNIT_EXPECT_EQ(test, hmm_dma_map_init(&map, dev, 4, NULL, NULL),
+			-EOPNOTSUPP);
+	KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&map, 0, hpfn, &dma), -EINVAL);
+	KUNIT_EXPECT_EQ(test, dma, (dma_addr_t)0);
+	KUNIT_EXPECT_EQ(test, hmm_dma_unmap_all(&map), 0UL);
+	hmm_dma_map_destroy(&map);
+	KUNIT_EXPECT_EQ(test, hmm_dma_map_init(&map, dev, 0, NULL, NULL),
+			-EINVAL);
+}
+
+/*
+ * Under swiotlb=force every mapping of a dma-direct device bounces, so
+ * init refuses even a coherent device with a 64-bit mask.  Without it the
+ * same device is accepted and reaches the page itself: CPU stores made
+ * after the mapping and device stores to another part of the page are
+ * both seen by the other side with no sync at all, and unmapping copies
+ * nothing.
+ */
+static void hmm_dma_test_refuse_bounce(struct kunit *test)
+{
+	struct device *dev = kunit_device_register(test, "hmm_dma_kunit_bounce");
+	const size_t half = PAGE_SIZE / 2, cpu_bytes = 101;
+	struct hmm_dma_map map;
+	unsigned long hpfn;
+	dma_addr_t dma = 0;
+	struct page *page;
+	u8 *cpu, *view;
+	int ret;
+
+	KUNIT_ASSERT_FALSE(test, IS_ERR(dev));
+	KUNIT_ASSERT_EQ(test, dma_coerce_mask_and_coherent(dev,
+							   DMA_BIT_MASK(64)), 0);
+	if (get_dma_ops(dev))
+		kunit_skip(test, "device is behind an IOMMU, not dma-direct");
+	page = hd_page(test, &hpfn);
+	cpu = page_address(page);
+
+	ret = hmm_dma_map_init(&map, dev, 1, NULL, NULL);
+	if (is_swiotlb_force_bounce(dev)) {
+		KUNIT_EXPECT_EQ(test, ret, -EOPNOTSUPP);
+		KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&map, 0, hpfn, &dma),
+				-EINVAL);
+		KUNIT_EXPECT_EQ(test, dma, (dma_addr_t)0);
+		hmm_dma_map_destroy(&map);
+		KUNIT_EXPECT_TRUE(test, !memchr_inv(cpu, 0, PAGE_SIZE));
+		return;
+	}
+	KUNIT_ASSERT_EQ(test, ret, 0);
+	ret = hmm_dma_map_pfn(&map, 0, hpfn, &dma);
+	/* The stores below go where the address leads: check it first. */
+	if (ret || dma_to_phys(dev, dma) != page_to_phys(page)) {
+		hmm_dma_map_destroy(&map);
+		KUNIT_FAIL(test, "hmm_dma_map_pfn() %d, %pad is not the page",
+			   ret, &dma);
+		return;
+	}
+	view = hd_dev_view(dev, dma);
+	memset(cpu, 0xc1, cpu_bytes);
+	memset(view + half, 0xd2, half);
+	KUNIT_EXPECT_TRUE(test, !memchr_inv(view, 0xc1, cpu_bytes));
+	KUNIT_EXPECT_TRUE(test, !memchr_inv(cpu + half, 0xd2, half));
+	KUNIT_EXPECT_EQ(test, hmm_dma_unmap_all(&map), 1UL);
+	hmm_dma_map_destroy(&map);
+	KUNIT_EXPECT_TRUE(test, !memchr_inv(cpu, 0xc1, cpu_bytes));
+	KUNIT_EXPECT_TRUE(test, !memchr_inv(cpu + cpu_bytes, 0,
+					    half - cpu_bytes));
+	KUNIT_EXPECT_TRUE(test, !memchr_inv(cpu + half, 0xd2, half));
+}
+
 static struct kunit_case hmm_dma_test_cases[] = {
 	KUNIT_CASE(hmm_dma_test_map_read_write),
 	KUNIT_CASE(hmm_dma_test_write_upgrade),
@@ -2721,6 +2823,8 @@ static struct kunit_case hmm_dma_test_cases[] = {
 	KUNIT_CASE(hmm_dma_test_thp),
 	KUNIT_CASE(hmm_dma_test_bad_input),
 	KUNIT_CASE(hmm_dma_test_device_private),
+	KUNIT_CASE(hmm_dma_test_refuse_limited),
+	KUNIT_CASE(hmm_dma_test_refuse_bounce),
 	{}
 };
 

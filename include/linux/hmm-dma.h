@@ -2,7 +2,8 @@
 /*
  * DMA mappings of mirrored pages: the state a driver keeps beside the
  * hmm_pfns array of a range so that its device can reach those pages
- * through the DMA API, and the helpers that create, sync and drop it.
+ * through the DMA API, and the helpers that create and drop it.  Only
+ * devices that reach memory directly and coherently can use them.
  *
  * See the "DMA mapping" section of Documentation/mm/hmm.rst.
  */
@@ -54,8 +55,6 @@ int hmm_dma_lookup(struct hmm_dma_map *map, unsigned long idx,
 		   dma_addr_t *dma_addr);
 unsigned long hmm_dma_unmap_range(struct hmm_dma_map *map,
 				  unsigned long idx, unsigned long count);
-int hmm_dma_sync_for_device(struct hmm_dma_map *map, unsigned long idx);
-int hmm_dma_sync_for_cpu(struct hmm_dma_map *map, unsigned long idx);
 
 /**
  * hmm_dma_unmap_pfn() - drop the DMA mapping that covers one entry

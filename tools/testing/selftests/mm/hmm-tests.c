@@ -3497,19 +3497,22 @@ TEST_F(dmirror, exclusive_shmem_thp)
 
 /* ---------------------------------------------------------------------
  * DMA mode: the device reaches memory through DMA addresses of a real
- * struct device (HMM_DMIRROR_DMA_*).  With swiotlb=force on the kernel
- * command line every page bounces, and the data only arrives if the
- * driver maps, syncs and unmaps correctly.
+ * struct device (HMM_DMIRROR_DMA_*), which must be the pages' own.  With
+ * swiotlb=force on the kernel command line every mapping would bounce, and
+ * a bounce buffer loses the CPU's stores to a page the device has mapped,
+ * so the DMA mode must then refuse: refused_when_bouncing and
+ * partial_write_keeps_cpu_data check that, the other cases skip.
  */
 
 #define SWIOTLB_USED	"/sys/kernel/debug/swiotlb/io_tlb_used"
 #define SWIOTLB_SLOT	2048	/* IO_TLB_SIZE */
+#define DMA_REFUSED	"swiotlb=force: the DMA mode is refused"
 
 FIXTURE(hmm_dma) {
 	int fd;
 	int peer_fd;
 	size_t psz;
-	bool bounce;	/* swiotlb=force: every mapping must bounce */
+	bool bounce;	/* swiotlb=force: every DMA request must fail */
 };
 
 FIXTURE_VARIANT(hmm_dma) {
@@ -3578,8 +3581,7 @@ static int dma_stats(int fd, struct hmm_dmirror_dma_stats *st)
 /*
  * CPU -> device -> CPU through DMA addresses, one mapping per base page,
  * and a CPU write between two device reads that changes no PTE: the
- * second read must see it although nothing was invalidated (with a bounce
- * buffer, only a sync before the device reads makes that true).
+ * second read must see it although nothing was invalidated or synced.
  */
 TEST_F(hmm_dma, read_write_round_trip)
 {
@@ -3589,6 +3591,8 @@ TEST_F(hmm_dma, read_write_round_trip)
 	struct hmm_dmirror_cmd cmd;
 	char *va, *dbuf;
 
+	if (self->bounce)
+		SKIP(return, DMA_REFUSED);
 	va = anon_map(len, PROT_READ | PROT_WRITE, true);
 	ASSERT_NE(NULL, va);
 	dbuf = malloc(len);
@@ -3606,7 +3610,7 @@ TEST_F(hmm_dma, read_write_round_trip)
 	ASSERT_EQ(0, st.huge);
 	ASSERT_EQ(npages, st.mapped_pages);
 	ASSERT_EQ(0, st.local);
-	ASSERT_EQ(self->bounce ? npages : 0, st.bounced);
+	ASSERT_EQ(0, st.bounced);
 
 	/* Same PTEs, new data: no invalidation, the mappings stay. */
 	pat_fill(va, len, 0xd2, 0);
@@ -3650,6 +3654,8 @@ TEST_F(hmm_dma, zero_page_then_write)
 	struct hmm_dmirror_cmd cmd;
 	char *va, *dbuf;
 
+	if (self->bounce)
+		SKIP(return, DMA_REFUSED);
 	va = anon_map(len, PROT_READ | PROT_WRITE, true);
 	ASSERT_NE(NULL, va);
 	dbuf = malloc(len);
@@ -3673,19 +3679,23 @@ TEST_F(hmm_dma, zero_page_then_write)
 }
 
 /*
- * Bouncing happens exactly when the kernel forces it: every page's DMA
- * address leads to a swiotlb slot, the pool's usage grows by the mapped
- * pages while they stay mapped and drops when an invalidation unmaps them.
- * Without swiotlb=force, dma-direct hands out the pages' own addresses.
+ * The DMA mode needs a device that reaches the pages themselves: a page
+ * the CPU keeps using while it is mapped cannot go through a bounce
+ * buffer.  Under swiotlb=force every DMA request must therefore fail with
+ * EOPNOTSUPP before the device touches anything: no swiotlb slot taken, no
+ * mapping kept, the memory and the read buffer left alone, and the
+ * device's other ways to reach memory (its page table, migration) still
+ * work on the same pages.  Without swiotlb=force dma-direct hands out the
+ * pages' own addresses and nothing bounces.
  */
-TEST_F(hmm_dma, swiotlb_bounce)
+TEST_F(hmm_dma, refused_when_bouncing)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz;
 	long slots = npages * (self->psz / SWIOTLB_SLOT);
 	struct hmm_dmirror_dma_stats st;
 	struct hmm_dmirror_cmd cmd;
-	long before, mapped, after;
+	long before, after;
 	char *va, *dbuf;
 
 	va = anon_map(len, PROT_READ | PROT_WRITE, true);
@@ -3694,44 +3704,190 @@ TEST_F(hmm_dma, swiotlb_bounce)
 	ASSERT_NE(NULL, dbuf);
 	pat_fill(va, len, 0xd5, 0);
 
-	before = read_long_file(SWIOTLB_USED);
-	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, dbuf,
-				 npages, &cmd));
-	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xd5, 0));
-	ASSERT_EQ(0, dma_stats(self->fd, &st));
-	ASSERT_EQ(npages, st.mappings);
 	if (!self->bounce) {
+		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va,
+					 dbuf, npages, &cmd));
+		ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xd5, 0));
+		ASSERT_EQ(0, dma_stats(self->fd, &st));
+		ASSERT_EQ(npages, st.mappings);
 		ASSERT_EQ(0, st.bounced);
 		free(dbuf);
 		munmap(va, len);
 		return;
 	}
 
-	ASSERT_EQ(npages, st.bounced);
+	before = read_long_file(SWIOTLB_USED);
 	ASSERT_LE(0, before);	/* the pool exists and is reported */
-	mapped = read_long_file(SWIOTLB_USED);
-	ASSERT_LE(before + slots, mapped);
-
-	/* Device writes land in the slots; only the sync brings them back. */
+	memset(dbuf, 0, len);
+	ASSERT_EQ(-EOPNOTSUPP, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va,
+					   dbuf, npages, &cmd));
+	ASSERT_EQ(0, cmd.cpages);
+	ASSERT_EQ(-1, zero_find_bad(dbuf, len));
 	pat_fill(dbuf, len, 0xd6, 0);
-	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_WRITE, va, dbuf,
-				 npages, &cmd));
-	ASSERT_EQ(-1, pat_find_bad(va, len, 0xd6, 0));
-
-	ASSERT_EQ(0, munmap(va, len));
+	ASSERT_EQ(-EOPNOTSUPP, dmirror_req(self->fd, HMM_DMIRROR_DMA_WRITE, va,
+					   dbuf, npages, &cmd));
+	ASSERT_EQ(-EOPNOTSUPP, dmirror_req(self->fd,
+					   HMM_DMIRROR_DMA_WRITE_PARTIAL, va,
+					   dbuf, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 0xd5, 0));
 	ASSERT_EQ(0, dma_stats(self->fd, &st));
 	ASSERT_EQ(0, st.mappings);
-	ASSERT_EQ(npages, st.unmapped);
+	ASSERT_EQ(0, st.mapped_pages);
+	ASSERT_EQ(0, st.bounced);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_UNMAP, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(0, cmd.cpages);
+	/* Other devices may bounce meanwhile, but not by a window's worth. */
 	after = read_long_file(SWIOTLB_USED);
-	ASSERT_GE(mapped - slots, after);
+	ASSERT_GT(before + slots, after);
+
+	/* The same pages through the device's page table and its memory. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xd5, 0));
+	pat_fill(dbuf, len, 0xd6, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 0xd6, 0));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xd6, 0));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 0xd6, 0));
 	free(dbuf);
+	munmap(va, len);
+}
+
+#define DMA_CPU_BYTES	101	/* the CPU writes bytes 0..100 of each page */
+
+/* Byte @i of a page of pattern @seed; never zero. */
+static unsigned char nz_byte(unsigned int seed, size_t i)
+{
+	return (i * 31 + seed * 7) % 255 + 1;
+}
+
+static void nz_fill(unsigned char *page, size_t from, size_t to,
+		    unsigned int seed)
+{
+	size_t i;
+
+	for (i = from; i < to; i++)
+		page[i] = nz_byte(seed, i);
+}
+
+/* Offset of the first byte in [@from, @to) of @page that is wrong, or -1. */
+static long nz_find_bad(const unsigned char *page, size_t from, size_t to,
+			unsigned int seed)
+{
+	size_t i;
+
+	for (i = from; i < to; i++)
+		if (page[i] != nz_byte(seed, i))
+			return i;
+	return -1;
 }
 
 /*
- * A THP is mapped once and reported as one huge mapping when the device
- * takes mappings that large (with swiotlb=force it does not, and every
- * page is mapped on its own).  Splitting the PMD unmaps the huge mapping;
- * the next access maps the split pages one by one.
+ * The device writes the upper half of each page (a partial write) while
+ * the CPU, after the pages were mapped for the device, writes bytes
+ * 0..100 of the same pages: both writes must survive, and the bytes in
+ * between keep their old data.  Through a bounce buffer they cannot:
+ * publishing the device's write copies the whole slot back, over the
+ * CPU's bytes.  So under swiotlb=force the device must be refused before
+ * it maps or writes anything; otherwise its write must land.
+ */
+TEST_F(hmm_dma, partial_write_keeps_cpu_data)
+{
+	const unsigned long npages = 8;
+	size_t half = self->psz / 2, len = npages * self->psz;
+	struct hmm_dmirror_dma_stats st;
+	struct hmm_dmirror_cmd cmd;
+	unsigned char *va, *rbuf, *wbuf, *p;
+	int rread, rwrite, side;
+	unsigned long i;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	rbuf = calloc(1, len);
+	ASSERT_NE(NULL, rbuf);
+	wbuf = calloc(1, len);
+	ASSERT_NE(NULL, wbuf);
+	for (i = 0; i < npages; i++) {
+		nz_fill(va + i * self->psz, 0, self->psz, 0x10 + i);
+		nz_fill(wbuf + i * self->psz, half, self->psz, 0x30 + i);
+	}
+
+	/* The device maps the pages (reading them); the CPU goes on. */
+	rread = dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, rbuf, npages,
+			    &cmd);
+	for (i = 0; i < npages; i++)
+		nz_fill(va + i * self->psz, 0, DMA_CPU_BYTES, 0x20 + i);
+	rwrite = dmirror_req(self->fd, HMM_DMIRROR_DMA_WRITE_PARTIAL, va, wbuf,
+			     npages, &cmd);
+
+	for (i = 0; i < npages; i++) {
+		p = va + i * self->psz;
+		ASSERT_EQ(-1, nz_find_bad(p, 0, DMA_CPU_BYTES, 0x20 + i))
+			TH_LOG("page %lu: the CPU's bytes 0..%d were lost", i,
+			       DMA_CPU_BYTES - 1);
+		ASSERT_EQ(-1, nz_find_bad(p, DMA_CPU_BYTES, half, 0x10 + i))
+			TH_LOG("page %lu: bytes nobody wrote changed", i);
+	}
+
+	if (self->bounce) {
+		ASSERT_EQ(-EOPNOTSUPP, rread);
+		ASSERT_EQ(-EOPNOTSUPP, rwrite);
+		ASSERT_EQ(-1, zero_find_bad(rbuf, len));
+		for (i = 0; i < npages; i++)
+			ASSERT_EQ(-1, nz_find_bad(va + i * self->psz, half,
+						  self->psz, 0x10 + i))
+				TH_LOG("page %lu: a refused device wrote", i);
+		ASSERT_EQ(0, dma_stats(self->fd, &st));
+		ASSERT_EQ(0, st.mappings);
+		free(wbuf);
+		free(rbuf);
+		munmap(va, len);
+		return;
+	}
+
+	ASSERT_EQ(0, rread);
+	ASSERT_EQ(0, rwrite);
+	for (i = 0; i < npages; i++) {
+		p = va + i * self->psz;
+		ASSERT_EQ(-1, nz_find_bad(rbuf + i * self->psz, 0, self->psz,
+					  0x10 + i));
+		ASSERT_EQ(-1, nz_find_bad(p, half, self->psz, 0x30 + i))
+			TH_LOG("page %lu: the device's write was lost", i);
+	}
+	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	ASSERT_EQ(npages, st.mappings);
+	ASSERT_EQ(0, st.unmapped);
+
+	/* Unmapping copies nothing back; the device reads both parts. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_UNMAP, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va, rbuf,
+				 npages, &cmd));
+	for (i = 0; i < npages; i++) {
+		for (side = 0; side < 2; side++) {
+			p = (side ? rbuf : va) + i * self->psz;
+			ASSERT_EQ(-1, nz_find_bad(p, 0, DMA_CPU_BYTES,
+						  0x20 + i));
+			ASSERT_EQ(-1, nz_find_bad(p, DMA_CPU_BYTES, half,
+						  0x10 + i));
+			ASSERT_EQ(-1, nz_find_bad(p, half, self->psz, 0x30 + i));
+		}
+	}
+	free(wbuf);
+	free(rbuf);
+	munmap(va, len);
+}
+
+/*
+ * A THP is mapped once and reported as one huge mapping, the device taking
+ * mappings that large.  Splitting the PMD unmaps the huge mapping; the
+ * next access maps the split pages one by one.
  */
 TEST_F(hmm_dma, thp_one_mapping_per_huge_page)
 {
@@ -3744,6 +3900,8 @@ TEST_F(hmm_dma, thp_one_mapping_per_huge_page)
 	char *va, *dbuf;
 	bool huge;
 
+	if (self->bounce)
+		SKIP(return, DMA_REFUSED);
 	va = thp_map_filled(len, 0xd7);
 	if (!va)
 		SKIP(return, "no THP for a PMD-aligned buffer");
@@ -3754,8 +3912,9 @@ TEST_F(hmm_dma, thp_one_mapping_per_huge_page)
 				 npages, &cmd));
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xd7, 0));
 	ASSERT_EQ(0, dma_stats(self->fd, &st));
+	/* dma-direct without bouncing takes mappings of any size. */
 	huge = st.max_mapping >= pmd;
-	ASSERT_EQ(!self->bounce, huge);
+	ASSERT_TRUE(huge);
 	ASSERT_EQ(npages, st.mapped_pages);
 	ASSERT_EQ(huge ? 2 : npages, st.mappings);
 	ASSERT_EQ(huge ? 2 : 0, st.huge);
@@ -3797,6 +3956,8 @@ TEST_F(hmm_dma, migration_and_device_pages)
 	struct hmm_dmirror_cmd cmd;
 	char *va, *dbuf;
 
+	if (self->bounce)
+		SKIP(return, DMA_REFUSED);
 	va = anon_map(len, PROT_READ | PROT_WRITE, true);
 	ASSERT_NE(NULL, va);
 	dbuf = malloc(len);
@@ -3838,7 +3999,7 @@ TEST_F(hmm_dma, migration_and_device_pages)
 	ASSERT_EQ(0, dma_stats(self->fd, &st));
 	ASSERT_EQ(0, st.local);
 	ASSERT_EQ(npages, st.mappings);
-	ASSERT_EQ(self->bounce ? npages : 0, st.bounced);
+	ASSERT_EQ(0, st.bounced);
 	ASSERT_EQ(-1, pat_find_bad(va, len, 0xda, 0));
 	free(dbuf);
 	munmap(va, len);
@@ -3890,6 +4051,8 @@ TEST_F(hmm_dma, munmap_during_dma)
 	int round, ret = 0, reads;
 	char *dbuf;
 
+	if (self->bounce)
+		SKIP(return, DMA_REFUSED);
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
 
@@ -3936,6 +4099,8 @@ TEST_F(hmm_dma, mprotect_during_dma)
 	int reads, ret;
 	char *dbuf;
 
+	if (self->bounce)
+		SKIP(return, DMA_REFUSED);
 	race.va = anon_map(len, PROT_READ | PROT_WRITE, true);
 	ASSERT_NE(NULL, race.va);
 	dbuf = malloc(len);
@@ -3993,6 +4158,8 @@ TEST_F(hmm_dma, bad_requests)
 	char *va, *dbuf, *big;
 	unsigned long bigpages = (64 * SZ_1M) / self->psz;
 
+	if (self->bounce)
+		SKIP(return, DMA_REFUSED);
 	va = anon_map(2 * len, PROT_READ | PROT_WRITE, true);
 	ASSERT_NE(NULL, va);
 	dbuf = malloc(len);
