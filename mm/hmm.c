@@ -58,7 +58,11 @@
 /**
  * struct hmm_walk - state of one hmm_range_fault() call
  * @range: the caller's request
- * @resume: first address not yet reported; walks restart here
+ * @resume: walks restart here.  Every entry of @range->hmm_pfns below it
+ *	has been written by this call: what the caller gets back is output,
+ *	never its own input or a pfn left from an earlier call.  Only moved
+ *	by hmm_set_resume(), which checks that under CONFIG_DEBUG_VM.
+ * @written: with CONFIG_DEBUG_VM, the end of the entries written so far
  * @fixed_req: request of every page when the input array is ignored
  * @may_fault: whether any page can carry HMM_PFN_REQ_FAULT at all
  * @stuck_addr: last address a fault was started at
@@ -67,6 +71,7 @@
 struct hmm_walk {
 	struct hmm_range	*range;
 	unsigned long		resume;
+	unsigned long		written;
 	unsigned long		fixed_req;
 	bool			may_fault;
 	unsigned long		stuck_addr;
@@ -122,6 +127,24 @@ static unsigned long hmm_first_unsatisfied(const struct hmm_walk *hw,
 	return addr;
 }
 
+/*
+ * Entries are written in address order, from hw->resume on; track how far
+ * they go, for hmm_set_resume() to check the invariant of struct hmm_walk.
+ */
+static inline void hmm_note_written(struct hmm_walk *hw, unsigned long addr,
+				    unsigned long end)
+{
+	if (IS_ENABLED(CONFIG_DEBUG_VM) && addr <= hw->written &&
+	    end > hw->written)
+		hw->written = end;
+}
+
+static inline void hmm_set_resume(struct hmm_walk *hw, unsigned long addr)
+{
+	VM_WARN_ON_ONCE(addr > hw->written);
+	hw->resume = addr;
+}
+
 static void hmm_fill(struct hmm_walk *hw, unsigned long addr,
 		     unsigned long end, unsigned long entry)
 {
@@ -131,6 +154,7 @@ static void hmm_fill(struct hmm_walk *hw, unsigned long addr,
 
 	for (; i < last; i++)
 		pfns[i] = entry;
+	hmm_note_written(hw, addr, end);
 }
 
 /* Fill consecutive pfns starting at @pfn, each tagged with @flags. */
@@ -144,6 +168,7 @@ static void hmm_fill_pfns(struct hmm_walk *hw, unsigned long addr,
 
 	for (; i < last; i++, pfn++)
 		pfns[i] = pfn | flags;
+	hmm_note_written(hw, addr, end);
 }
 
 static inline unsigned long hmm_order_flags(unsigned int order)
@@ -408,12 +433,15 @@ static unsigned long hmm_file_hole(struct hmm_walk *hw,
 				   struct vm_area_struct *vma,
 				   unsigned long addr, unsigned long end)
 {
+	unsigned long start = addr;
+
 	for (; addr < end; addr += PAGE_SIZE) {
 		if (hmm_file_entry(hw, vma, addr) ||
 		    (hw->may_fault && hmm_request(hw, addr)))
 			break;
 		hw->range->hmm_pfns[hmm_index(hw, addr)] = 0;
 	}
+	hmm_note_written(hw, start, addr);
 	return addr;
 }
 
@@ -461,7 +489,7 @@ static int hmm_walk_hole(unsigned long addr, unsigned long end,
 		if (first < end && hmm_file_entry(hw, vma, first)) {
 			if (hmm_pte_table_alloc(walk->mm, first))
 				return -ENOMEM;
-			hw->resume = first;
+			hmm_set_resume(hw, first);
 			return HMM_WALK_RESTART;
 		}
 	} else {
@@ -478,7 +506,7 @@ static int hmm_walk_hole(unsigned long addr, unsigned long end,
 		hugetlb_vma_lock_read(vma);
 	if (ret)
 		return ret;
-	hw->resume = first;
+	hmm_set_resume(hw, first);
 	return HMM_WALK_RESTART;
 }
 
@@ -536,7 +564,7 @@ static int hmm_walk_ptes(struct mm_walk *walk, pmd_t *pmdp,
 {
 	struct hmm_walk *hw = walk->private;
 	unsigned long *pfns = hw->range->hmm_pfns;
-	unsigned long run = 0, run_end, entry;
+	unsigned long run = 0, run_end, entry, start = addr;
 	unsigned long i = hmm_index(hw, addr);
 	bool run_empty = true;
 	pte_t *ptep, *base, pte;
@@ -568,9 +596,10 @@ static int hmm_walk_ptes(struct mm_walk *walk, pmd_t *pmdp,
 		run_empty &= pte_none(pte);
 	}
 	pte_unmap(base);
+	hmm_note_written(hw, start, run ? run : end);
 
 	if (!run) {
-		hw->resume = end;
+		hmm_set_resume(hw, end);
 		return 0;
 	}
 
@@ -590,7 +619,7 @@ static int hmm_walk_ptes(struct mm_walk *walk, pmd_t *pmdp,
 	}
 	if (ret)
 		return ret;
-	hw->resume = run;
+	hmm_set_resume(hw, run);
 	walk->action = ACTION_AGAIN;
 	return 0;
 }
@@ -612,11 +641,34 @@ static unsigned long hmm_huge_pmd_flags(struct vm_area_struct *vma,
 }
 
 /*
+ * Report the pages of a huge leaf (PMD, PUD or hugetlb) in [addr, end),
+ * the page at @addr being @pfn entered as @flags, up to the first one whose
+ * request the leaf does not satisfy, and resume there.  Returns that
+ * address, @end if there is none.  The pages before it are written now,
+ * not left for after the caller's fault of it: that fault need not
+ * invalidate anything (a write-protected THP or private hugetlb page is
+ * reused in place), so no retry would catch them holding the input.
+ */
+static unsigned long hmm_report_leaf(struct hmm_walk *hw, unsigned long addr,
+				     unsigned long end, unsigned long pfn,
+				     unsigned long flags)
+{
+	unsigned long first = hmm_first_unsatisfied(hw, addr, end, flags);
+
+	if (flags & HMM_PFN_VALID)
+		hmm_fill_pfns(hw, addr, first, pfn, flags);
+	else
+		hmm_fill(hw, addr, first, 0);
+	hmm_set_resume(hw, first);
+	return first;
+}
+
+/*
  * Report [addr, end) of a huge leaf (PMD or PUD) whose page at @addr is
- * @pfn, entered as @flags, or fault the first page the request is not
- * satisfied with and have the walker look at the entry again: one fault
- * fixes (or splits) the whole huge mapping, and a migration entry is
- * waited for inside handle_mm_fault().
+ * @pfn, entered as @flags, up to the first page the request is not
+ * satisfied with; fault that one and have the walker look at the entry
+ * again: one fault fixes (or splits) the whole huge mapping, and a
+ * migration entry is waited for inside handle_mm_fault().
  */
 static int hmm_walk_huge_leaf(struct mm_walk *walk, unsigned long addr,
 			      unsigned long end, unsigned long pfn,
@@ -626,20 +678,13 @@ static int hmm_walk_huge_leaf(struct mm_walk *walk, unsigned long addr,
 	unsigned long first;
 	int ret;
 
-	first = hmm_first_unsatisfied(hw, addr, end, flags);
-	if (first == end) {
-		if (flags & HMM_PFN_VALID)
-			hmm_fill_pfns(hw, addr, end, pfn, flags);
-		else
-			hmm_fill(hw, addr, end, 0);
-		hw->resume = end;
+	first = hmm_report_leaf(hw, addr, end, pfn, flags);
+	if (first == end)
 		return 0;
-	}
 
 	ret = hmm_fault_pages(hw, walk->vma, first, first + PAGE_SIZE, flags);
 	if (ret)
 		return ret;
-	hw->resume = first;
 	walk->action = ACTION_AGAIN;
 	return 0;
 }
@@ -749,7 +794,7 @@ static int hmm_walk_hugetlb(pte_t *ptep, unsigned long hmask,
 {
 	struct hmm_walk *hw = walk->private;
 	struct vm_area_struct *vma = walk->vma;
-	unsigned long flags, first;
+	unsigned long flags, first, pfn = 0;
 	spinlock_t *ptl;	/* only held to read the entry */
 	pte_t entry;
 	int ret;
@@ -766,23 +811,17 @@ static int hmm_walk_hugetlb(pte_t *ptep, unsigned long hmask,
 	if (flags & HMM_PFN_ERROR)
 		return hmm_report_unusable(hw, addr, end);
 
-	first = hmm_first_unsatisfied(hw, addr, end, flags);
-	if (first == end) {
-		if (flags & HMM_PFN_VALID)
-			hmm_fill_pfns(hw, addr, end, pte_pfn(entry) +
-				      ((addr & ~hmask) >> PAGE_SHIFT), flags);
-		else
-			hmm_fill(hw, addr, end, 0);
-		hw->resume = end;
+	if (flags & HMM_PFN_VALID)
+		pfn = pte_pfn(entry) + ((addr & ~hmask) >> PAGE_SHIFT);
+	first = hmm_report_leaf(hw, addr, end, pfn, flags);
+	if (first == end)
 		return 0;
-	}
 
 	hugetlb_vma_unlock_read(vma);
 	ret = hmm_fault_pages(hw, vma, first, first + PAGE_SIZE, flags);
 	hugetlb_vma_lock_read(vma);
 	if (ret)
 		return ret;
-	hw->resume = first;
 	return HMM_WALK_RESTART;
 }
 #else
@@ -883,6 +922,7 @@ int hmm_range_fault(struct hmm_range *range)
 	mmap_assert_locked(mm);
 
 	hw.resume = range->start;
+	hw.written = range->start;
 	hw.may_fault = (range->default_flags | range->pfn_flags_mask) &
 		       HMM_PFN_REQ_FAULT;
 	if (range->default_flags & HMM_PFN_REQ_FAULT)
