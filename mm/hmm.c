@@ -554,6 +554,19 @@ static unsigned long hmm_pte_entry(const struct hmm_walk *hw,
 }
 
 /*
+ * The caller's own device-private page (the only non-present PTE reported
+ * valid) is handed back as it is and never faulted, as in 6.12: a write
+ * request on a read-only one, which every fork() leaves in the parent,
+ * would have the core call the owner's migrate_to_ram() from inside the
+ * owner's own device fault.  The owner gets VALID without WRITE and
+ * decides itself, e.g. migrates the page back and faults again.
+ */
+static inline bool hmm_pte_is_owner_device(pte_t pte, unsigned long entry)
+{
+	return (entry & HMM_PFN_VALID) && is_swap_pte(pte);
+}
+
+/*
  * Report the PTEs of one page table over [addr, end).  On meeting pages
  * that need a fault, the whole run of them is faulted at once and the
  * caller is asked to come back to the same PMD (ACTION_AGAIN) with
@@ -581,7 +594,8 @@ static int hmm_walk_ptes(struct mm_walk *walk, pmd_t *pmdp,
 		pte = ptep_get(ptep);
 		entry = hmm_pte_entry(hw, walk->vma, addr, pte);
 		if (likely(!hw->may_fault ||
-			   hmm_entry_satisfies(entry, hmm_request(hw, addr)))) {
+			   hmm_entry_satisfies(entry, hmm_request(hw, addr)) ||
+			   hmm_pte_is_owner_device(pte, entry))) {
 			if (run)
 				break;
 			pfns[i] = entry;
