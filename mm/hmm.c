@@ -905,23 +905,36 @@ static bool hmm_range_valid(const struct hmm_range *range)
  * present, or HMM_PFN_ERROR for a page that can never be handed out.
  * Pages whose request (@range->default_flags, plus the bits of their input
  * entry selected by @range->pfn_flags_mask) asks for HMM_PFN_REQ_FAULT or
- * HMM_PFN_REQ_WRITE and is not met are faulted in first.
+ * HMM_PFN_REQ_WRITE and is not met are faulted in first.  A device-private
+ * page of @range->dev_private_owner is never faulted: it is reported as it
+ * is mapped, so a read-only one (the parent's after fork()) comes back
+ * without HMM_PFN_WRITE even when write was requested, and the owner
+ * decides what to do (migrate it back and call again, say), as in 6.12.
  *
  * The result may only be used once mmu_interval_read_retry() on
  * @range->notifier and @range->notifier_seq, taken under the lock the
  * driver's invalidate callback also takes, says it is still current.
- * On error the contents of @range->hmm_pfns are undefined.
+ * On success every entry is output; on error the contents of
+ * @range->hmm_pfns are undefined.
  *
  * Context: process context; the mmap lock of @range->notifier->mm must be
- * held for read (it is not dropped).  May sleep when faulting.
+ * held for read (it is not dropped).  May sleep when faulting, and also
+ * in a snapshot without HMM_PFN_REQ_FAULT: one of a shmem mapping with
+ * pages in device-private memory allocates the page tables they are
+ * reported from.
  * Return: 0 on success,
- * -EINVAL if the range is malformed (unaligned, empty, reversed, beyond the
- * user address space or outside the notifier's interval),
- * -EBUSY if the notifier sequence moved: retry after re-reading it,
+ * -EINVAL if the range is malformed (NULL notifier or pfn array,
+ * unaligned, empty, reversed, beyond the user address space) or not
+ * entirely inside @range->notifier's interval (6.12 took such a range; its
+ * pages outside the interval are not covered by the sequence),
+ * -EBUSY if the notifier sequence moved, or a page stayed unusable after
+ * HMM_FAULT_ATTEMPTS (4) faults in this call (6.12 looped): retry after
+ * re-reading the sequence,
  * -EFAULT if a requested page has no VMA, lies in a VM_IO/VM_PFNMAP or
  * unreadable VMA, has no usable page, or its fault failed,
- * -EPERM if a write was requested in a VMA without VM_WRITE,
- * -ENOMEM if a fault ran out of memory.
+ * -EPERM if a write fault was needed in a VMA without VM_WRITE,
+ * -ENOMEM if a fault ran out of memory (VM_FAULT_OOM; 6.12 returned
+ * -EFAULT) or page tables could not be allocated, snapshot included.
  */
 int hmm_range_fault(struct hmm_range *range)
 {
