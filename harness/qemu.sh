@@ -25,7 +25,10 @@ kernel=$BUILD/arch/x86/boot/bzImage
 append="console=ttyS0 panic=-1 oops=panic loglevel=7 no_timer_check hmmharness=$mode hmmflavor=$FLAVOR"
 append="$append memmap=512M\$0x80000000"
 append="$append test_hmm.spm_addr_dev0=0x80000000 test_hmm.spm_addr_dev1=0x90000000"
-append="$append transparent_hugepage=madvise hugepagesz=1G hugepages=1 ${HMM_APPEND:-}"
+# The 2 MiB pool at boot too, not only from init: KUnit runs before init,
+# and a hugetlb case there otherwise has to fault (zero) the 1 GiB page.
+append="$append transparent_hugepage=madvise hugepagesz=1G hugepages=1"
+append="$append hugepagesz=2M hugepages=64 ${HMM_APPEND:-}"
 
 qemu=(qemu-system-x86_64 -machine pc -accel tcg,thread=multi -cpu max
 	-smp 2 -m 5G -kernel "$kernel" -initrd "$OUT/initrd.gz"

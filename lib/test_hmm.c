@@ -79,6 +79,8 @@
 #define DMIRROR_MAX_CHUNKS	16
 /* Pages handed to hmm_range_fault() or migrate_vma_setup() at a time. */
 #define DMIRROR_BATCH		512UL
+/* Rounds of bringing our read-only pages home for a write fault. */
+#define DMIRROR_UNSHARE_TRIES	4
 /* Eviction rounds of 100ms before RELEASE gives up on busy memory. */
 #define DMIRROR_DRAIN_TRIES	50
 /* Largest mapping of the device file (see dmirror_fop_mmap()). */
@@ -186,6 +188,8 @@ struct dmirror_req {
 	u64			faults;
 };
 
+static int dmirror_migrate(struct dmirror *dmirror, struct dmirror_req *req,
+			   bool to_dev);
 static void dmirror_dma_init(struct dmirror *dmirror);
 static void dmirror_dma_destroy(struct dmirror *dmirror);
 static void dmirror_dma_zap(struct dmirror *dmirror, unsigned long start,
@@ -775,20 +779,90 @@ static int dmirror_pt_fill(struct dmirror *dmirror, struct hmm_range *range,
 		/* Faulting was requested, so anything else is a core bug. */
 		if (!(hpfn & HMM_PFN_VALID) || (hpfn & HMM_PFN_ERROR))
 			return -EFAULT;
-		if (hpfn & HMM_PFN_WRITE)
-			flags |= DPTE_WRITE;
-		else if (write)
-			return -EPERM;
 
 		page = hmm_pfn_to_page(hpfn);
 		if (is_device_private_page(page) && !dmirror_page_is_ours(page))
 			return -EFAULT;
+		if (hpfn & HMM_PFN_WRITE)
+			flags |= DPTE_WRITE;
+		else if (write)
+			/* Our own read-only page: dmirror_pt_unshare(). */
+			return is_device_private_page(page) ? -EAGAIN : -EPERM;
 		ret = dmirror_pt_set(dmirror, range->start + (i << PAGE_SHIFT),
 				     dmirror_page_data(page), flags);
 		if (ret)
 			return ret;
 	}
 	return 0;
+}
+
+/*
+ * hmm_range_fault() reports our own device pages as they are mapped, so a
+ * read-only one (the parent's after fork()) comes back without
+ * HMM_PFN_WRITE on a write request.  Do what a real driver does: bring
+ * [start, end) back to system memory, as HMM_DMIRROR_MIGRATE_TO_SYS does,
+ * for the caller to fault again; that write fault breaks COW.  Not in a
+ * VMA the process may not write: that write fails with -EPERM, as it
+ * would for the same pages in system memory.
+ */
+static int dmirror_pt_unshare(struct dmirror *dmirror, unsigned long start,
+			      unsigned long end)
+{
+	struct dmirror_req req = {
+		.start	= start,
+		.end	= end,
+		.npages	= (end - start) >> PAGE_SHIFT,
+	};
+	struct mm_struct *mm = dmirror->mirror.mm;
+	struct vm_area_struct *vma;
+	unsigned long addr;
+	int ret = 0;
+
+	if (!mmget_not_zero(mm))
+		return -EFAULT;
+	mmap_read_lock(mm);
+	for (addr = start; addr < end; addr = vma->vm_end) {
+		vma = vma_lookup(mm, addr);
+		if (!vma || !(vma->vm_flags & VM_WRITE)) {
+			ret = -EPERM;
+			break;
+		}
+	}
+	mmap_read_unlock(mm);
+	mmput(mm);
+	return ret ? ret : dmirror_migrate(dmirror, &req, false);
+}
+
+/*
+ * Fault one batch into the device page table.  A racing migration can
+ * put pages back into device memory after dmirror_pt_unshare(): give up
+ * with -EBUSY after a few rounds rather than loop.
+ */
+static int dmirror_pt_fault_batch(struct dmirror *dmirror,
+				  struct hmm_range *range, bool write)
+{
+	unsigned int tries = 0;
+	int ret;
+
+	ret = dmirror_pt_reserve(dmirror, range->start,
+				 (range->end - range->start) >> PAGE_SHIFT);
+	if (ret)
+		return ret;
+	for (;;) {
+		ret = hmm_mirror_range_fault(&dmirror->mirror, range,
+					     &dmirror->pt_lock);
+		if (ret)
+			return ret;
+		ret = dmirror_pt_fill(dmirror, range, write);
+		mutex_unlock(&dmirror->pt_lock);
+		if (ret != -EAGAIN)
+			return ret;
+		if (++tries > DMIRROR_UNSHARE_TRIES)
+			return -EBUSY;
+		ret = dmirror_pt_unshare(dmirror, range->start, range->end);
+		if (ret)
+			return ret;
+	}
 }
 
 /*
@@ -816,16 +890,7 @@ static int dmirror_pt_fault(struct dmirror *dmirror, unsigned long start,
 		range.start = addr;
 		range.end = min(end, addr + (batch << PAGE_SHIFT));
 
-		ret = dmirror_pt_reserve(dmirror, range.start,
-					 (range.end - range.start) >> PAGE_SHIFT);
-		if (ret)
-			break;
-		ret = hmm_mirror_range_fault(&dmirror->mirror, &range,
-					     &dmirror->pt_lock);
-		if (ret)
-			break;
-		ret = dmirror_pt_fill(dmirror, &range, write);
-		mutex_unlock(&dmirror->pt_lock);
+		ret = dmirror_pt_fault_batch(dmirror, &range, write);
 		if (ret)
 			break;
 	}

@@ -58,7 +58,11 @@
 /**
  * struct hmm_walk - state of one hmm_range_fault() call
  * @range: the caller's request
- * @resume: first address not yet reported; walks restart here
+ * @resume: walks restart here.  Every entry of @range->hmm_pfns below it
+ *	has been written by this call: what the caller gets back is output,
+ *	never its own input or a pfn left from an earlier call.  Only moved
+ *	by hmm_set_resume(), which checks that under CONFIG_DEBUG_VM.
+ * @written: with CONFIG_DEBUG_VM, the end of the entries written so far
  * @fixed_req: request of every page when the input array is ignored
  * @may_fault: whether any page can carry HMM_PFN_REQ_FAULT at all
  * @stuck_addr: last address a fault was started at
@@ -67,6 +71,7 @@
 struct hmm_walk {
 	struct hmm_range	*range;
 	unsigned long		resume;
+	unsigned long		written;
 	unsigned long		fixed_req;
 	bool			may_fault;
 	unsigned long		stuck_addr;
@@ -122,6 +127,24 @@ static unsigned long hmm_first_unsatisfied(const struct hmm_walk *hw,
 	return addr;
 }
 
+/*
+ * Entries are written in address order, from hw->resume on; track how far
+ * they go, for hmm_set_resume() to check the invariant of struct hmm_walk.
+ */
+static inline void hmm_note_written(struct hmm_walk *hw, unsigned long addr,
+				    unsigned long end)
+{
+	if (IS_ENABLED(CONFIG_DEBUG_VM) && addr <= hw->written &&
+	    end > hw->written)
+		hw->written = end;
+}
+
+static inline void hmm_set_resume(struct hmm_walk *hw, unsigned long addr)
+{
+	VM_WARN_ON_ONCE(addr > hw->written);
+	hw->resume = addr;
+}
+
 static void hmm_fill(struct hmm_walk *hw, unsigned long addr,
 		     unsigned long end, unsigned long entry)
 {
@@ -131,6 +154,7 @@ static void hmm_fill(struct hmm_walk *hw, unsigned long addr,
 
 	for (; i < last; i++)
 		pfns[i] = entry;
+	hmm_note_written(hw, addr, end);
 }
 
 /* Fill consecutive pfns starting at @pfn, each tagged with @flags. */
@@ -144,6 +168,7 @@ static void hmm_fill_pfns(struct hmm_walk *hw, unsigned long addr,
 
 	for (; i < last; i++, pfn++)
 		pfns[i] = pfn | flags;
+	hmm_note_written(hw, addr, end);
 }
 
 static inline unsigned long hmm_order_flags(unsigned int order)
@@ -408,12 +433,15 @@ static unsigned long hmm_file_hole(struct hmm_walk *hw,
 				   struct vm_area_struct *vma,
 				   unsigned long addr, unsigned long end)
 {
+	unsigned long start = addr;
+
 	for (; addr < end; addr += PAGE_SIZE) {
 		if (hmm_file_entry(hw, vma, addr) ||
 		    (hw->may_fault && hmm_request(hw, addr)))
 			break;
 		hw->range->hmm_pfns[hmm_index(hw, addr)] = 0;
 	}
+	hmm_note_written(hw, start, addr);
 	return addr;
 }
 
@@ -461,7 +489,7 @@ static int hmm_walk_hole(unsigned long addr, unsigned long end,
 		if (first < end && hmm_file_entry(hw, vma, first)) {
 			if (hmm_pte_table_alloc(walk->mm, first))
 				return -ENOMEM;
-			hw->resume = first;
+			hmm_set_resume(hw, first);
 			return HMM_WALK_RESTART;
 		}
 	} else {
@@ -478,7 +506,7 @@ static int hmm_walk_hole(unsigned long addr, unsigned long end,
 		hugetlb_vma_lock_read(vma);
 	if (ret)
 		return ret;
-	hw->resume = first;
+	hmm_set_resume(hw, first);
 	return HMM_WALK_RESTART;
 }
 
@@ -526,6 +554,19 @@ static unsigned long hmm_pte_entry(const struct hmm_walk *hw,
 }
 
 /*
+ * The caller's own device-private page (the only non-present PTE reported
+ * valid) is handed back as it is and never faulted, as in 6.12: a write
+ * request on a read-only one, which every fork() leaves in the parent,
+ * would have the core call the owner's migrate_to_ram() from inside the
+ * owner's own device fault.  The owner gets VALID without WRITE and
+ * decides itself, e.g. migrates the page back and faults again.
+ */
+static inline bool hmm_pte_is_owner_device(pte_t pte, unsigned long entry)
+{
+	return (entry & HMM_PFN_VALID) && is_swap_pte(pte);
+}
+
+/*
  * Report the PTEs of one page table over [addr, end).  On meeting pages
  * that need a fault, the whole run of them is faulted at once and the
  * caller is asked to come back to the same PMD (ACTION_AGAIN) with
@@ -536,7 +577,7 @@ static int hmm_walk_ptes(struct mm_walk *walk, pmd_t *pmdp,
 {
 	struct hmm_walk *hw = walk->private;
 	unsigned long *pfns = hw->range->hmm_pfns;
-	unsigned long run = 0, run_end, entry;
+	unsigned long run = 0, run_end, entry, start = addr;
 	unsigned long i = hmm_index(hw, addr);
 	bool run_empty = true;
 	pte_t *ptep, *base, pte;
@@ -553,7 +594,8 @@ static int hmm_walk_ptes(struct mm_walk *walk, pmd_t *pmdp,
 		pte = ptep_get(ptep);
 		entry = hmm_pte_entry(hw, walk->vma, addr, pte);
 		if (likely(!hw->may_fault ||
-			   hmm_entry_satisfies(entry, hmm_request(hw, addr)))) {
+			   hmm_entry_satisfies(entry, hmm_request(hw, addr)) ||
+			   hmm_pte_is_owner_device(pte, entry))) {
 			if (run)
 				break;
 			pfns[i] = entry;
@@ -568,9 +610,10 @@ static int hmm_walk_ptes(struct mm_walk *walk, pmd_t *pmdp,
 		run_empty &= pte_none(pte);
 	}
 	pte_unmap(base);
+	hmm_note_written(hw, start, run ? run : end);
 
 	if (!run) {
-		hw->resume = end;
+		hmm_set_resume(hw, end);
 		return 0;
 	}
 
@@ -590,7 +633,7 @@ static int hmm_walk_ptes(struct mm_walk *walk, pmd_t *pmdp,
 	}
 	if (ret)
 		return ret;
-	hw->resume = run;
+	hmm_set_resume(hw, run);
 	walk->action = ACTION_AGAIN;
 	return 0;
 }
@@ -612,11 +655,34 @@ static unsigned long hmm_huge_pmd_flags(struct vm_area_struct *vma,
 }
 
 /*
+ * Report the pages of a huge leaf (PMD, PUD or hugetlb) in [addr, end),
+ * the page at @addr being @pfn entered as @flags, up to the first one whose
+ * request the leaf does not satisfy, and resume there.  Returns that
+ * address, @end if there is none.  The pages before it are written now,
+ * not left for after the caller's fault of it: that fault need not
+ * invalidate anything (a write-protected THP or private hugetlb page is
+ * reused in place), so no retry would catch them holding the input.
+ */
+static unsigned long hmm_report_leaf(struct hmm_walk *hw, unsigned long addr,
+				     unsigned long end, unsigned long pfn,
+				     unsigned long flags)
+{
+	unsigned long first = hmm_first_unsatisfied(hw, addr, end, flags);
+
+	if (flags & HMM_PFN_VALID)
+		hmm_fill_pfns(hw, addr, first, pfn, flags);
+	else
+		hmm_fill(hw, addr, first, 0);
+	hmm_set_resume(hw, first);
+	return first;
+}
+
+/*
  * Report [addr, end) of a huge leaf (PMD or PUD) whose page at @addr is
- * @pfn, entered as @flags, or fault the first page the request is not
- * satisfied with and have the walker look at the entry again: one fault
- * fixes (or splits) the whole huge mapping, and a migration entry is
- * waited for inside handle_mm_fault().
+ * @pfn, entered as @flags, up to the first page the request is not
+ * satisfied with; fault that one and have the walker look at the entry
+ * again: one fault fixes (or splits) the whole huge mapping, and a
+ * migration entry is waited for inside handle_mm_fault().
  */
 static int hmm_walk_huge_leaf(struct mm_walk *walk, unsigned long addr,
 			      unsigned long end, unsigned long pfn,
@@ -626,20 +692,13 @@ static int hmm_walk_huge_leaf(struct mm_walk *walk, unsigned long addr,
 	unsigned long first;
 	int ret;
 
-	first = hmm_first_unsatisfied(hw, addr, end, flags);
-	if (first == end) {
-		if (flags & HMM_PFN_VALID)
-			hmm_fill_pfns(hw, addr, end, pfn, flags);
-		else
-			hmm_fill(hw, addr, end, 0);
-		hw->resume = end;
+	first = hmm_report_leaf(hw, addr, end, pfn, flags);
+	if (first == end)
 		return 0;
-	}
 
 	ret = hmm_fault_pages(hw, walk->vma, first, first + PAGE_SIZE, flags);
 	if (ret)
 		return ret;
-	hw->resume = first;
 	walk->action = ACTION_AGAIN;
 	return 0;
 }
@@ -749,7 +808,7 @@ static int hmm_walk_hugetlb(pte_t *ptep, unsigned long hmask,
 {
 	struct hmm_walk *hw = walk->private;
 	struct vm_area_struct *vma = walk->vma;
-	unsigned long flags, first;
+	unsigned long flags, first, pfn = 0;
 	spinlock_t *ptl;	/* only held to read the entry */
 	pte_t entry;
 	int ret;
@@ -766,23 +825,17 @@ static int hmm_walk_hugetlb(pte_t *ptep, unsigned long hmask,
 	if (flags & HMM_PFN_ERROR)
 		return hmm_report_unusable(hw, addr, end);
 
-	first = hmm_first_unsatisfied(hw, addr, end, flags);
-	if (first == end) {
-		if (flags & HMM_PFN_VALID)
-			hmm_fill_pfns(hw, addr, end, pte_pfn(entry) +
-				      ((addr & ~hmask) >> PAGE_SHIFT), flags);
-		else
-			hmm_fill(hw, addr, end, 0);
-		hw->resume = end;
+	if (flags & HMM_PFN_VALID)
+		pfn = pte_pfn(entry) + ((addr & ~hmask) >> PAGE_SHIFT);
+	first = hmm_report_leaf(hw, addr, end, pfn, flags);
+	if (first == end)
 		return 0;
-	}
 
 	hugetlb_vma_unlock_read(vma);
 	ret = hmm_fault_pages(hw, vma, first, first + PAGE_SIZE, flags);
 	hugetlb_vma_lock_read(vma);
 	if (ret)
 		return ret;
-	hw->resume = first;
 	return HMM_WALK_RESTART;
 }
 #else
@@ -852,23 +905,36 @@ static bool hmm_range_valid(const struct hmm_range *range)
  * present, or HMM_PFN_ERROR for a page that can never be handed out.
  * Pages whose request (@range->default_flags, plus the bits of their input
  * entry selected by @range->pfn_flags_mask) asks for HMM_PFN_REQ_FAULT or
- * HMM_PFN_REQ_WRITE and is not met are faulted in first.
+ * HMM_PFN_REQ_WRITE and is not met are faulted in first.  A device-private
+ * page of @range->dev_private_owner is never faulted: it is reported as it
+ * is mapped, so a read-only one (the parent's after fork()) comes back
+ * without HMM_PFN_WRITE even when write was requested, and the owner
+ * decides what to do (migrate it back and call again, say), as in 6.12.
  *
  * The result may only be used once mmu_interval_read_retry() on
  * @range->notifier and @range->notifier_seq, taken under the lock the
  * driver's invalidate callback also takes, says it is still current.
- * On error the contents of @range->hmm_pfns are undefined.
+ * On success every entry is output; on error the contents of
+ * @range->hmm_pfns are undefined.
  *
  * Context: process context; the mmap lock of @range->notifier->mm must be
- * held for read (it is not dropped).  May sleep when faulting.
+ * held for read (it is not dropped).  May sleep when faulting, and also
+ * in a snapshot without HMM_PFN_REQ_FAULT: one of a shmem mapping with
+ * pages in device-private memory allocates the page tables they are
+ * reported from.
  * Return: 0 on success,
- * -EINVAL if the range is malformed (unaligned, empty, reversed, beyond the
- * user address space or outside the notifier's interval),
- * -EBUSY if the notifier sequence moved: retry after re-reading it,
+ * -EINVAL if the range is malformed (NULL notifier or pfn array,
+ * unaligned, empty, reversed, beyond the user address space) or not
+ * entirely inside @range->notifier's interval (6.12 took such a range; its
+ * pages outside the interval are not covered by the sequence),
+ * -EBUSY if the notifier sequence moved, or a page stayed unusable after
+ * HMM_FAULT_ATTEMPTS (4) faults in this call (6.12 looped): retry after
+ * re-reading the sequence,
  * -EFAULT if a requested page has no VMA, lies in a VM_IO/VM_PFNMAP or
  * unreadable VMA, has no usable page, or its fault failed,
- * -EPERM if a write was requested in a VMA without VM_WRITE,
- * -ENOMEM if a fault ran out of memory.
+ * -EPERM if a write fault was needed in a VMA without VM_WRITE,
+ * -ENOMEM if a fault ran out of memory (VM_FAULT_OOM; 6.12 returned
+ * -EFAULT) or page tables could not be allocated, snapshot included.
  */
 int hmm_range_fault(struct hmm_range *range)
 {
@@ -883,6 +949,7 @@ int hmm_range_fault(struct hmm_range *range)
 	mmap_assert_locked(mm);
 
 	hw.resume = range->start;
+	hw.written = range->start;
 	hw.may_fault = (range->default_flags | range->pfn_flags_mask) &
 		       HMM_PFN_REQ_FAULT;
 	if (range->default_flags & HMM_PFN_REQ_FAULT)

@@ -23,6 +23,7 @@
 #include <linux/hmm.h>
 #include <linux/hmm-dma.h>
 #include <linux/huge_mm.h>
+#include <linux/hugetlb.h>
 #include <linux/ioport.h>
 #include <linux/kthread.h>
 #include <linux/memremap.h>
@@ -41,6 +42,9 @@
 #include <linux/swapops.h>
 #include <linux/swiotlb.h>
 #include <linux/uaccess.h>
+#include <asm/tlbflush.h>
+
+#include "internal.h"
 
 #define HK_NPAGES	16
 #define HK_SIZE		(HK_NPAGES * PAGE_SIZE)
@@ -510,6 +514,434 @@ static void hmm_test_thp_order(struct kunit *test)
 	mutex_unlock(&hn->lock);
 #else
 	kunit_skip(test, "setting VM_HUGEPAGE needs the test built in");
+#endif
+}
+
+#if IS_BUILTIN(CONFIG_HMM_KUNIT_TEST)
+/*
+ * Per-page requests over a huge leaf.  Every page asks for read, page 1
+ * also for write; the input entries carry a stale pfn, as an array reused
+ * from an earlier call would, which pfn_flags_mask makes the call ignore.
+ */
+#define HK_STALE_PFN	0x5a5aUL
+
+static void hk_leaf_request(struct hmm_range *range, unsigned long *pfns,
+			    unsigned long start, unsigned long npages)
+{
+	unsigned long i;
+
+	hk_range_init(range, pfns, start, npages, 0);
+	range->pfn_flags_mask = HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE;
+	for (i = 0; i < npages; i++)
+		pfns[i] = HK_STALE_PFN | HMM_PFN_REQ_FAULT;
+	pfns[1] |= HMM_PFN_REQ_WRITE;
+}
+
+/*
+ * Every entry is output: the leaf's pfns in order, with its order, and
+ * page 1 writable.  Page 0 is reported before page 1 is faulted, so its
+ * write bit may be either.  Returns whether all pfns matched.
+ */
+static bool hk_expect_leaf(struct kunit *test, const unsigned long *pfns,
+			   unsigned long npages, unsigned long first,
+			   unsigned int order)
+{
+	bool ok = true;
+	unsigned long i;
+
+	for (i = 0; i < npages; i++) {
+		ok &= (pfns[i] & ~HMM_PFN_FLAGS) == first + i;
+		KUNIT_EXPECT_EQ_MSG(test, pfns[i] & ~HMM_PFN_FLAGS, first + i,
+				    "page %lu: entry %#lx", i, pfns[i]);
+		KUNIT_EXPECT_TRUE_MSG(test, pfns[i] & HMM_PFN_VALID,
+				      "page %lu: entry %#lx", i, pfns[i]);
+		KUNIT_EXPECT_EQ_MSG(test, hmm_pfn_to_map_order(pfns[i]), order,
+				    "page %lu: entry %#lx", i, pfns[i]);
+	}
+	KUNIT_EXPECT_TRUE(test, pfns[1] & HMM_PFN_WRITE);
+	return ok;
+}
+#endif
+
+#if IS_BUILTIN(CONFIG_HMM_KUNIT_TEST) && defined(CONFIG_HUGETLBFS)
+/* The smallest huge page size that has a free page now, or NULL. */
+static struct hstate *hk_free_hstate(void)
+{
+	struct hstate *h, *best = NULL;
+
+	for_each_hstate(h)
+		if (READ_ONCE(h->free_huge_pages) &&
+		    (!best || huge_page_order(h) < huge_page_order(best)))
+			best = h;
+	return best;
+}
+#endif
+
+/*
+ * A private hugetlb page that was only read is mapped read-only, and a
+ * write fault then reuses it in place (hugetlb_wp(), no invalidation), so
+ * the snapshot stays current across the fault.  A request asking write
+ * on page 1 only must still return page 0, which needed no fault, as
+ * output: the leaf's pfn, not the caller's input.
+ */
+static void hmm_test_hugetlb_per_page(struct kunit *test)
+{
+#if IS_BUILTIN(CONFIG_HMM_KUNIT_TEST) && defined(CONFIG_HUGETLBFS)
+	unsigned long pfns[HK_NPAGES], addr, first;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	struct file *file;
+	struct hstate *h;
+	bool ok;
+
+	/* KUnit runs before init: the 2 MiB pool may still be empty. */
+	h = hk_free_hstate();
+	if (!h)
+		kunit_skip(test, "no free hugetlb page");
+	file = hugetlb_file_setup(HUGETLB_ANON_FILE, huge_page_size(h),
+				  VM_NORESERVE, HUGETLB_ANONHUGE_INODE,
+				  huge_page_shift(h));
+	KUNIT_ASSERT_FALSE(test, IS_ERR(file));
+	addr = kunit_vm_mmap(test, file, 0, huge_page_size(h),
+			     PROT_READ | PROT_WRITE, MAP_PRIVATE, 0);
+	fput(file);
+	KUNIT_ASSERT_FALSE_MSG(test, !addr || IS_ERR_VALUE(addr),
+			       "vm_mmap failed: %ld", (long)addr);
+	hn = hk_notifier_add(test, addr, HK_SIZE);
+
+	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	mutex_unlock(&hn->lock);
+	KUNIT_ASSERT_EQ(test, pfns[0] & HK_PFN_ACCESS, HMM_PFN_VALID);
+	first = pfns[0] & ~HMM_PFN_FLAGS;
+
+	hk_leaf_request(&range, pfns, addr, HK_NPAGES);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	ok = hk_expect_leaf(test, pfns, HK_NPAGES, first, huge_page_order(h));
+	if (ok) {
+		KUNIT_EXPECT_TRUE(test,
+				  hk_page_is_zero(hmm_pfn_to_page(pfns[0])));
+		hk_fill_page(hmm_pfn_to_page(pfns[1]), addr + PAGE_SIZE, 35);
+	}
+	mutex_unlock(&hn->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr + PAGE_SIZE, PAGE_SIZE, 35),
+			0);
+#else
+	kunit_skip(test, "hugetlb files need the test built in");
+#endif
+}
+
+#if IS_BUILTIN(CONFIG_HMM_KUNIT_TEST) && defined(CONFIG_TRANSPARENT_HUGEPAGE)
+/*
+ * Write-protect the huge PMD at @addr as fork() does the parent's.  Once
+ * the child is gone the THP is the parent's alone again, and its next
+ * write fault reuses it in place, without an invalidation; that is the
+ * state this leaves, without a second process.
+ */
+static int hk_wrprotect_pmd(struct mm_struct *mm, unsigned long addr)
+{
+	struct vm_area_struct *vma;
+	int ret = -ENOENT;
+	spinlock_t *ptl;	/* of the PMD */
+	pmd_t *pmdp;
+
+	mmap_write_lock(mm);
+	vma = vma_lookup(mm, addr);
+	pmdp = vma ? mm_find_pmd(mm, addr) : NULL;
+	if (pmdp) {
+		ptl = pmd_lock(mm, pmdp);
+		if (pmd_trans_huge(*pmdp)) {
+			pmdp_set_wrprotect(mm, addr, pmdp);
+			ret = 0;
+		}
+		spin_unlock(ptl);
+		flush_tlb_range(vma, addr, addr + HPAGE_PMD_SIZE);
+	}
+	mmap_write_unlock(mm);
+	return ret;
+}
+#endif
+
+/* The THP version of hmm_test_hugetlb_per_page(), after a fork. */
+static void hmm_test_thp_per_page_after_fork(struct kunit *test)
+{
+#if IS_BUILTIN(CONFIG_HMM_KUNIT_TEST) && defined(CONFIG_TRANSPARENT_HUGEPAGE)
+	unsigned long pfns[HK_NPAGES], addr, thp, first;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	bool ok;
+
+	if (!has_transparent_hugepage())
+		kunit_skip(test, "CPU has no PMD-sized transparent huge pages");
+	addr = hk_map(test, 2 * HPAGE_PMD_SIZE, PROT_READ | PROT_WRITE);
+	thp = ALIGN(addr, HPAGE_PMD_SIZE);
+	KUNIT_ASSERT_EQ(test, hk_madvise_hugepage(current->mm, thp), 0);
+	hn = hk_notifier_add(test, thp, HK_SIZE);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(thp, HPAGE_PMD_SIZE, 36), 0);
+
+	hk_range_init(&range, pfns, thp, HK_NPAGES, 0);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	mutex_unlock(&hn->lock);
+	if (!(pfns[0] & HMM_PFN_VALID) ||
+	    hmm_pfn_to_map_order(pfns[0]) != HPAGE_PMD_ORDER)
+		kunit_skip(test, "kernel gave no THP (sysfs policy or allocation)");
+	first = pfns[0] & ~HMM_PFN_FLAGS;
+	KUNIT_ASSERT_EQ(test, hk_wrprotect_pmd(current->mm, thp), 0);
+
+	hk_leaf_request(&range, pfns, thp, HK_NPAGES);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	ok = hk_expect_leaf(test, pfns, HK_NPAGES, first, HPAGE_PMD_ORDER);
+	if (ok) {
+		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[0]),
+						      thp, 36));
+		hk_fill_page(hmm_pfn_to_page(pfns[1]), thp + PAGE_SIZE, 37);
+	}
+	mutex_unlock(&hn->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
+	KUNIT_EXPECT_EQ(test, hk_user_check(thp, PAGE_SIZE, 36), 0);
+	KUNIT_EXPECT_EQ(test, hk_user_check(thp + PAGE_SIZE, PAGE_SIZE, 37),
+			0);
+#else
+	kunit_skip(test, "write-protecting a THP needs the test built in");
+#endif
+}
+
+#if IS_BUILTIN(CONFIG_HMM_KUNIT_TEST) && defined(CONFIG_DEVICE_PRIVATE)
+#define HK_DEV_NPAGES	4
+
+/*
+ * Device-private memory whose migrate_to_ram() counts its calls and does
+ * not migrate, as amdkfd's does for a CPU fault raised from inside its
+ * own GPU fault handling: the core then retries until it gives up.
+ */
+struct hk_devmem {
+	struct dev_pagemap	pgmap;
+	struct page		*backing[HK_DEV_NPAGES];
+	atomic_t		to_ram_calls;
+};
+
+static void hk_devmem_page_free(struct page *page)
+{
+}
+
+static vm_fault_t hk_devmem_migrate_to_ram(struct vm_fault *vmf)
+{
+	struct hk_devmem *dm = container_of(vmf->page->pgmap,
+					    struct hk_devmem, pgmap);
+
+	atomic_inc(&dm->to_ram_calls);
+	return 0;
+}
+
+static const struct dev_pagemap_ops hk_devmem_ops = {
+	.page_free	= hk_devmem_page_free,
+	.migrate_to_ram	= hk_devmem_migrate_to_ram,
+};
+
+/* Runs after the test's mm, and so every mapping of the pages, is gone. */
+static void hk_devmem_remove(void *data)
+{
+	struct hk_devmem *dm = data;
+	unsigned int i;
+
+	memunmap_pages(&dm->pgmap);
+	release_mem_region(dm->pgmap.range.start, range_len(&dm->pgmap.range));
+	for (i = 0; i < HK_DEV_NPAGES; i++)
+		if (dm->backing[i])
+			__free_page(dm->backing[i]);
+}
+
+static struct hk_devmem *hk_devmem_add(struct kunit *test, void *owner)
+{
+	struct hk_devmem *dm;
+	struct resource *res;
+	unsigned int i;
+	void *ptr;
+
+	dm = kunit_kzalloc(test, sizeof(*dm), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, dm);
+	res = request_free_mem_region(&iomem_resource, SZ_2M, "hk_devmem");
+	if (IS_ERR(res))
+		kunit_skip(test, "no free physical range for device memory");
+	for (i = 0; i < HK_DEV_NPAGES; i++)
+		dm->backing[i] = alloc_page(GFP_KERNEL);
+	dm->pgmap.type = MEMORY_DEVICE_PRIVATE;
+	dm->pgmap.range.start = res->start;
+	dm->pgmap.range.end = res->end;
+	dm->pgmap.nr_range = 1;
+	dm->pgmap.ops = &hk_devmem_ops;
+	dm->pgmap.owner = owner;
+	ptr = memremap_pages(&dm->pgmap, NUMA_NO_NODE);
+	if (IS_ERR(ptr)) {
+		release_mem_region(res->start, resource_size(res));
+		for (i = 0; i < HK_DEV_NPAGES; i++)
+			if (dm->backing[i])
+				__free_page(dm->backing[i]);
+		KUNIT_FAIL_AND_ABORT(test, "memremap_pages: %ld",
+				     PTR_ERR(ptr));
+	}
+	KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test, hk_devmem_remove,
+							dm), 0);
+	for (i = 0; i < HK_DEV_NPAGES; i++)
+		KUNIT_ASSERT_NOT_NULL(test, dm->backing[i]);
+	return dm;
+}
+
+/* Move the HK_DEV_NPAGES pages at @addr into @dm, data and rights kept. */
+static int hk_to_device(struct hk_devmem *dm, unsigned long addr)
+{
+	unsigned long src[HK_DEV_NPAGES], dst[HK_DEV_NPAGES], i;
+	struct migrate_vma args = {
+		.start		= addr,
+		.end		= addr + HK_DEV_NPAGES * PAGE_SIZE,
+		.src		= src,
+		.dst		= dst,
+		.pgmap_owner	= dm->pgmap.owner,
+		.flags		= MIGRATE_VMA_SELECT_SYSTEM,
+	};
+	struct mm_struct *mm = current->mm;
+	struct page *spage, *dpage;
+	int ret;
+
+	mmap_read_lock(mm);
+	args.vma = vma_lookup(mm, addr);
+	ret = args.vma ? migrate_vma_setup(&args) : -EINVAL;
+	if (ret)
+		goto out_unlock;
+	for (i = 0; i < HK_DEV_NPAGES; i++) {
+		spage = migrate_pfn_to_page(src[i]);
+		dst[i] = 0;
+		if (!spage || !(src[i] & MIGRATE_PFN_MIGRATE))
+			continue;
+		dpage = pfn_to_page(PHYS_PFN(dm->pgmap.range.start) + i);
+		copy_highpage(dm->backing[i], spage);
+		zone_device_page_init(dpage);
+		dst[i] = migrate_pfn(page_to_pfn(dpage)) |
+			 (src[i] & MIGRATE_PFN_WRITE);
+	}
+	migrate_vma_pages(&args);
+	for (i = 0; i < HK_DEV_NPAGES; i++)
+		if (!(src[i] & MIGRATE_PFN_MIGRATE))
+			ret = -EBUSY;
+	migrate_vma_finalize(&args);
+out_unlock:
+	mmap_read_unlock(mm);
+	return ret;
+}
+
+/*
+ * Make the device-private entry at @addr read-only, as fork() does in the
+ * parent (copy_nonpresent_pte()): the state every fork leaves behind.
+ */
+static int hk_wrprotect_device_pte(struct mm_struct *mm, unsigned long addr)
+{
+	spinlock_t *ptl;	/* of the PTE table */
+	swp_entry_t swp;
+	int ret = -ENOENT;
+	pte_t *ptep, pte;
+	pmd_t *pmdp;
+
+	mmap_write_lock(mm);
+	pmdp = mm_find_pmd(mm, addr);
+	ptep = pmdp ? pte_offset_map_lock(mm, pmdp, addr, &ptl) : NULL;
+	if (ptep) {
+		pte = ptep_get(ptep);
+		swp = pte_to_swp_entry(pte);
+		if (is_swap_pte(pte) && is_device_private_entry(swp)) {
+			swp = make_readable_device_private_entry(swp_offset(swp));
+			set_pte_at(mm, addr, ptep, swp_entry_to_pte(swp));
+			ret = 0;
+		}
+		pte_unmap_unlock(ptep, ptl);
+	}
+	mmap_write_unlock(mm);
+	return ret;
+}
+
+/* One hmm_range_fault() call, no retry: what a single device fault sees. */
+static int hk_fault_once(struct hk_notifier *hn, struct hmm_range *range)
+{
+	struct mm_struct *mm = hn->notifier.mm;
+	int ret;
+
+	range->notifier = &hn->notifier;
+	range->notifier_seq = mmu_interval_read_begin(&hn->notifier);
+	mmap_read_lock(mm);
+	ret = hmm_range_fault(range);
+	mmap_read_unlock(mm);
+	return ret;
+}
+
+static void hk_expect_device_ro(struct kunit *test, const unsigned long *pfns,
+				unsigned long dpfn)
+{
+	unsigned long i;
+
+	for (i = 0; i < HK_DEV_NPAGES; i++) {
+		KUNIT_EXPECT_EQ_MSG(test, pfns[i] & HK_PFN_ACCESS,
+				    HMM_PFN_VALID, "page %lu", i);
+		KUNIT_EXPECT_EQ_MSG(test, pfns[i] & ~HMM_PFN_FLAGS, dpfn + i,
+				    "page %lu", i);
+	}
+}
+#endif
+
+/*
+ * The owner's own read-only device-private pages (the parent's after
+ * fork()) are reported VALID without WRITE even on a write request, as
+ * in 6.12: faulting them would call the owner's migrate_to_ram() from
+ * inside the owner's own device fault.  The driver decides what to do.
+ * Anybody else's device-private page is still faulted.
+ */
+static void hmm_test_device_private_readonly(struct kunit *test)
+{
+#if IS_BUILTIN(CONFIG_HMM_KUNIT_TEST) && defined(CONFIG_DEVICE_PRIVATE)
+	static int owner;
+	unsigned long pfns[HK_DEV_NPAGES], size, addr, dpfn, i;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	struct hk_devmem *dm;
+
+	dm = hk_devmem_add(test, &owner);
+	dpfn = PHYS_PFN(dm->pgmap.range.start);
+	size = HK_DEV_NPAGES * PAGE_SIZE;
+	addr = hk_map(test, size, PROT_READ | PROT_WRITE);
+	hn = hk_notifier_add(test, addr, size);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, size, 41), 0);
+	KUNIT_ASSERT_EQ(test, hk_to_device(dm, addr), 0);
+	for (i = 0; i < HK_DEV_NPAGES; i++) {
+		KUNIT_EXPECT_TRUE(test, hk_check_page(dm->backing[i],
+						      addr + i * PAGE_SIZE, 41));
+		KUNIT_ASSERT_EQ(test, hk_wrprotect_device_pte(current->mm,
+							      addr + i * PAGE_SIZE),
+				0);
+	}
+
+	hk_range_init(&range, pfns, addr, HK_DEV_NPAGES,
+		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
+	range.dev_private_owner = &owner;
+	KUNIT_EXPECT_EQ(test, hk_fault_once(hn, &range), 0);
+	KUNIT_EXPECT_EQ(test, atomic_read(&dm->to_ram_calls), 0);
+	hk_expect_device_ro(test, pfns, dpfn);
+
+	/* The same through a per-page request for write on page 2. */
+	hk_range_init(&range, pfns, addr, HK_DEV_NPAGES, 0);
+	range.pfn_flags_mask = HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE;
+	range.dev_private_owner = &owner;
+	for (i = 0; i < HK_DEV_NPAGES; i++)
+		pfns[i] = HMM_PFN_REQ_FAULT;
+	pfns[2] |= HMM_PFN_REQ_WRITE;
+	KUNIT_EXPECT_EQ(test, hk_fault_once(hn, &range), 0);
+	KUNIT_EXPECT_EQ(test, atomic_read(&dm->to_ram_calls), 0);
+	hk_expect_device_ro(test, pfns, dpfn);
+
+	/* Not the owner: even a read faults, and this device refuses. */
+	hk_range_init(&range, pfns, addr, HK_DEV_NPAGES, HMM_PFN_REQ_FAULT);
+	KUNIT_EXPECT_EQ(test, hk_fault_once(hn, &range), -EBUSY);
+	KUNIT_EXPECT_GT(test, atomic_read(&dm->to_ram_calls), 0);
+#else
+	kunit_skip(test, "needs CONFIG_DEVICE_PRIVATE and the test built in");
 #endif
 }
 
@@ -1119,6 +1551,9 @@ static struct kunit_case hmm_test_cases[] = {
 	KUNIT_CASE(hmm_test_per_page_request),
 	KUNIT_CASE(hmm_test_readonly_vma),
 	KUNIT_CASE(hmm_test_thp_order),
+	KUNIT_CASE(hmm_test_hugetlb_per_page),
+	KUNIT_CASE(hmm_test_thp_per_page_after_fork),
+	KUNIT_CASE(hmm_test_device_private_readonly),
 	KUNIT_CASE(hmm_test_no_vma),
 	KUNIT_CASE(hmm_test_pfnmap_refused),
 	KUNIT_CASE(hmm_test_bad_ranges),

@@ -175,8 +175,14 @@ struct hmm_mirror;
  *	[update->start, update->end) are about to change.  Take the lock the
  *	driver passes to hmm_mirror_range_fault(), drop the device mappings
  *	of the range and unlock.  The mirror's sequence has already been
- *	advanced, so concurrent faults retry.  Return 0, or -EAGAIN only when
- *	!update->blockable and the lock could not be taken without sleeping.
+ *	advanced, outside that lock, so faults that sample it from now on
+ *	retry; a fault that checked it just before is still programming the
+ *	device under the lock, and only taking the lock waits for it.  So the
+ *	callback must always take the lock, never return early because its
+ *	own view says nothing is mapped there (unless, as for its own
+ *	migrations, the driver zaps those mappings under the lock itself).
+ *	Return 0, or -EAGAIN only when !update->blockable and the lock could
+ *	not be taken without sleeping.
  * @release: optional.  The mm is going away: stop all device access to it.
  *	Called at most once; the mirror must still be unregistered.
  */

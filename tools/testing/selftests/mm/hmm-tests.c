@@ -1982,6 +1982,113 @@ TEST_F(dmirror, fork_cow_device_pages)
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 83, 0));
 }
 
+/*
+ * A device write to the parent's pages while they sit in device memory
+ * and a live child shares them.  fork() left the parent's device-private
+ * entries read-only; hmm_range_fault() reports them so, as 6.12 does, and
+ * the driver brings them home and faults again, which breaks COW in the
+ * parent only.  (Upstream 6.12's driver fails this write with EFAULT.)
+ */
+struct cow_live_job {
+	int unit;
+	char *va;
+	size_t len;
+	unsigned long npages;
+	__u64 refaults;		/* device faults of the child's second read */
+	int ready[2];		/* child -> parent: first check done */
+	int go[2];		/* parent -> child: written, check again */
+};
+
+/*
+ * Child side: read our copy through our own device first (that moves
+ * nothing), wait for the parent's device write, then check again through
+ * the device and the CPU.  Private pages the parent's write brought home
+ * moved for us too, so our device must have lost its mapping of them.
+ */
+static int cow_live_child(void *arg)
+{
+	struct cow_live_job *job = arg;
+	struct hmm_dmirror_cmd cmd;
+	char *dbuf, c = 0;
+	int fd;
+
+	fd = dmirror_open(job->unit);
+	dbuf = malloc(job->len);
+	if (fd < 0 || !dbuf)
+		return 30;
+	if (dmirror_req(fd, HMM_DMIRROR_READ, job->va, dbuf, job->npages,
+			&cmd) || cmd.cpages != job->npages)
+		return 31;
+	if (pat_find_bad(dbuf, job->len, 91, 0) != -1)
+		return 32;
+	if (write(job->ready[1], &c, 1) != 1 || read(job->go[0], &c, 1) != 1)
+		return 33;
+	memset(dbuf, 0, job->len);
+	if (dmirror_req(fd, HMM_DMIRROR_READ, job->va, dbuf, job->npages,
+			&cmd) || cmd.cpages != job->npages)
+		return 34;
+	if (cmd.faults != job->refaults)
+		return 37;
+	if (pat_find_bad(dbuf, job->len, 91, 0) != -1)
+		return 35;
+	if (pat_find_bad(job->va, job->len, 91, 0) != -1)
+		return 36;
+	close(fd);
+	return 0;
+}
+
+TEST_F(dmirror, fork_device_write_parent)
+{
+	struct cow_live_job job = {
+		.unit = variant->unit, .npages = 16,
+		.refaults = variant->coherent ? 0 : 1,
+	};
+	unsigned char ro_local = (dev_local(variant->coherent) & ~DEV_RW) |
+				 DEV_RO;
+	struct hmm_dmirror_cmd cmd;
+	int status;
+	char *dbuf, c = 0;
+	pid_t pid;
+
+	job.len = job.npages * self->psz;
+	job.va = anon_map(job.len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, job.va);
+	dbuf = malloc(job.len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(job.va, job.len, 91, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, job.va,
+				 dbuf, job.npages, &cmd));
+	ASSERT_EQ(job.npages, cmd.cpages);
+	ASSERT_EQ(0, pipe(job.ready));
+	ASSERT_EQ(0, pipe(job.go));
+
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0)
+		_exit(cow_live_child(&job));
+	ASSERT_EQ(1, read(job.ready[0], &c, 1));
+	/* Still in device memory, and read-only since fork(). */
+	expect_snap(_metadata, self->fd, job.va, job.npages, 0, job.npages,
+		    ro_local);
+
+	pat_fill(dbuf, job.len, 92, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, job.va, dbuf,
+				 job.npages, &cmd));
+	ASSERT_EQ(job.npages, cmd.cpages);
+	memset(dbuf, 0, job.len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, job.va, dbuf,
+				 job.npages, &cmd));
+	ASSERT_EQ(0, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, job.len, 92, 0));
+	ASSERT_EQ(-1, pat_find_bad(job.va, job.len, 92, 0));
+
+	ASSERT_EQ(1, write(job.go[1], &c, 1));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status));
+	ASSERT_EQ(0, WEXITSTATUS(status));
+	ASSERT_EQ(-1, pat_find_bad(job.va, job.len, 92, 0));
+}
+
 /* ---------------------------------------------------------------------
  * SNAPSHOT: every page state the ABI can report, from both devices.
  */
