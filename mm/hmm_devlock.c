@@ -15,7 +15,8 @@
  * core xarray indexed by pfn, so it follows the page through fork and
  * mremap and is dropped when the page is freed (munmap, exit, migration of
  * the page by its driver, eviction of the device memory), from
- * free_zone_device_folio().  Each entry names the mm that took the lock.
+ * free_zone_device_folio().  Each entry names the owner record of the mm
+ * that took the lock, which holds one mm reference for all its pages.
  *
  * Locked pages are charged to mm->pinned_vm of that mm (VmPin in
  * /proc/PID/status) and limited by RLIMIT_MEMLOCK of the locking task, as
@@ -24,6 +25,7 @@
  */
 #include <linux/capability.h>
 #include <linux/hmm.h>
+#include <linux/llist.h>
 #include <linux/memremap.h>
 #include <linux/mm.h>
 #include <linux/mutex.h>
@@ -32,18 +34,92 @@
 #include <linux/sched/signal.h>
 #include <linux/swap.h>
 #include <linux/swapops.h>
+#include <linux/workqueue.h>
 #include <linux/xarray.h>
 #include <kunit/visibility.h>
 
-/* pfn -> mm that locked the page (one mmgrab() reference per entry). */
+/*
+ * An mm that has pages locked, with one mmgrab() reference for all of
+ * them.  @refs counts its entries in hmm_devlock_pages and the requests
+ * using it.  When it drops to zero the mm reference is dropped from a work
+ * item, never where it dropped: pages are freed under page table locks,
+ * and the last mmdrop() runs __mmdrop(), which may IPI other CPUs and wait
+ * for them (cleanup_lazy_tlbs()) or sleep.
+ */
+struct hmm_devlock_owner {
+	struct mm_struct	*mm;
+	atomic_long_t		refs;
+	struct list_head	node;	/* on hmm_devlock_owners */
+	struct llist_node	dead;	/* on hmm_devlock_dead */
+};
+
+/* pfn -> owner of the mm that locked the page. */
 static DEFINE_XARRAY(hmm_devlock_pages);
 
 /*
  * Serialises lock and unlock requests, so that checking a whole range and
- * then updating it is atomic for them.  Freeing a page does not take it:
- * requests hold a reference on every page they look at.
+ * then updating it is atomic for them, and protects hmm_devlock_owners.
+ * Freeing a page does not take it: requests hold a reference on every page
+ * they look at.
  */
 static DEFINE_MUTEX(hmm_devlock_mutex);
+
+/* Owners, live ones (refs > 0) and dead ones not yet reaped. */
+static LIST_HEAD(hmm_devlock_owners);
+
+/* Owners whose refs dropped to zero, for hmm_devlock_reaper. */
+static LLIST_HEAD(hmm_devlock_dead);
+
+static void hmm_devlock_reap(struct work_struct *work)
+{
+	struct llist_node *first = llist_del_all(&hmm_devlock_dead);
+	struct hmm_devlock_owner *o, *next;
+
+	llist_for_each_entry_safe(o, next, first, dead) {
+		mutex_lock(&hmm_devlock_mutex);
+		list_del(&o->node);
+		mutex_unlock(&hmm_devlock_mutex);
+		mmdrop(o->mm);
+		kfree(o);
+	}
+}
+
+static DECLARE_WORK(hmm_devlock_reaper, hmm_devlock_reap);
+
+/*
+ * The live owner of @mm with one more reference, created if there is none.
+ * A dead owner of @mm (refs zero) has no pages left and is skipped.
+ */
+static struct hmm_devlock_owner *hmm_devlock_owner_get(struct mm_struct *mm)
+{
+	struct hmm_devlock_owner *o;
+
+	lockdep_assert_held(&hmm_devlock_mutex);
+	list_for_each_entry(o, &hmm_devlock_owners, node)
+		if (o->mm == mm && atomic_long_inc_not_zero(&o->refs))
+			return o;
+
+	o = kzalloc(sizeof(*o), GFP_KERNEL);
+	if (!o)
+		return NULL;
+	o->mm = mm;
+	mmgrab(mm);
+	atomic_long_set(&o->refs, 1);
+	list_add(&o->node, &hmm_devlock_owners);
+	return o;
+}
+
+/*
+ * Drop @n references of @o.  Context: any, the page-free path included:
+ * the last one only queues the owner for hmm_devlock_reaper.
+ */
+static void hmm_devlock_owner_put(struct hmm_devlock_owner *o, long n)
+{
+	if (!n || !atomic_long_sub_and_test(n, &o->refs))
+		return;
+	llist_add(&o->dead, &hmm_devlock_dead);
+	schedule_work(&hmm_devlock_reaper);
+}
 
 /* Pages found in a range by hmm_devlock_collect(), each referenced. */
 struct hmm_devlock_walk {
@@ -231,22 +307,26 @@ static void hmm_devlock_unreserve(struct hmm_devlock_walk *w, unsigned long n)
 }
 
 /*
- * Lock the pages of @w for @mm, all or none.  Pages already locked for
- * @mm stay as they are and are not charged twice.
+ * Lock the pages of @w for the mm of @owner, all or none.  Pages already
+ * locked for that mm stay as they are and are not charged twice.  Each
+ * page locked takes a reference on @owner.
  */
-static int hmm_devlock_add(struct mm_struct *mm, struct hmm_devlock_walk *w)
+static int hmm_devlock_add(struct hmm_devlock_owner *owner,
+			   struct hmm_devlock_walk *w)
 {
 	unsigned long limit = rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
-	unsigned long i, fresh = 0;
+	struct mm_struct *mm = owner->mm;
+	unsigned long i, fresh = 0, stored = 0;
 	int ret;
 
 	lockdep_assert_held(&hmm_devlock_mutex);
 
 	for (i = 0; i < w->nr; i++) {
-		void *cur = xa_load(&hmm_devlock_pages,
-				    page_to_pfn(w->pages[i]));
+		struct hmm_devlock_owner *cur;
 
-		if (cur && cur != mm)
+		/* Our page reference keeps the entry, so its owner, alive. */
+		cur = xa_load(&hmm_devlock_pages, page_to_pfn(w->pages[i]));
+		if (cur && cur->mm != mm)
 			return -EBUSY;
 		if (!cur)
 			fresh++;
@@ -270,15 +350,20 @@ static int hmm_devlock_add(struct mm_struct *mm, struct hmm_devlock_walk *w)
 		}
 	}
 
-	/* Reserved slots read as NULL; storing into them cannot fail. */
+	/*
+	 * Reserved slots read as NULL; storing into them cannot fail.  A
+	 * page mapped twice in the range (shmem) was counted twice above.
+	 */
 	for (i = 0; i < w->nr; i++) {
 		unsigned long pfn = page_to_pfn(w->pages[i]);
 
 		if (xa_load(&hmm_devlock_pages, pfn))
 			continue;
-		xa_store(&hmm_devlock_pages, pfn, mm, GFP_KERNEL);
-		mmgrab(mm);
+		xa_store(&hmm_devlock_pages, pfn, owner, GFP_KERNEL);
+		stored++;
 	}
+	hmm_devlock_uncharge(mm, fresh - stored);
+	atomic_long_add(stored, &owner->refs);
 	return 0;
 }
 
@@ -311,12 +396,14 @@ static int hmm_devlock_add(struct mm_struct *mm, struct hmm_devlock_walk *w)
  * -EFAULT if a page of the range is not device-private memory of @owner
  * (not migrated, another device's, a hole or a special mapping);
  * -EBUSY if a page is locked for another mm (the parent of a fork child);
- * -ENOMEM if locking would exceed RLIMIT_MEMLOCK, or out of memory.
+ * -ENOMEM if locking would exceed RLIMIT_MEMLOCK, or out of memory;
+ * -EOPNOTSUPP without CONFIG_DEVICE_PRIVATE (the stub in <linux/hmm.h>).
  */
 int hmm_devlock_range(struct mm_struct *mm, unsigned long start,
 		      unsigned long end, void *owner)
 {
 	unsigned long limit = rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
+	struct hmm_devlock_owner *o;
 	struct hmm_devlock_walk w;
 	int ret;
 
@@ -333,7 +420,13 @@ int hmm_devlock_range(struct mm_struct *mm, unsigned long start,
 		return ret;
 
 	mutex_lock(&hmm_devlock_mutex);
-	ret = hmm_devlock_add(mm, &w);
+	o = hmm_devlock_owner_get(mm);
+	if (o) {
+		ret = hmm_devlock_add(o, &w);
+		hmm_devlock_owner_put(o, 1);
+	} else {
+		ret = -ENOMEM;
+	}
 	mutex_unlock(&hmm_devlock_mutex);
 
 	hmm_devlock_put_pages(&w);
@@ -373,18 +466,24 @@ long hmm_devlock_unlock_range(struct mm_struct *mm, unsigned long start,
 
 	mutex_lock(&hmm_devlock_mutex);
 	for (i = 0; i < w.nr; i++) {
-		void *cur = xa_load(&hmm_devlock_pages,
-				    page_to_pfn(w.pages[i]));
+		struct hmm_devlock_owner *cur;
 
-		if (cur && cur != mm) {
+		cur = xa_load(&hmm_devlock_pages, page_to_pfn(w.pages[i]));
+		if (cur && cur->mm != mm) {
 			ret = -EPERM;
 			goto unlock;
 		}
 	}
+	/*
+	 * The page references keep the entries; the mutex keeps an owner
+	 * whose last page goes here from being reaped under us.
+	 */
 	for (i = 0; i < w.nr; i++) {
-		if (xa_cmpxchg(&hmm_devlock_pages, page_to_pfn(w.pages[i]),
-			       mm, NULL, 0) == mm) {
-			mmdrop(mm);
+		struct hmm_devlock_owner *cur;
+
+		cur = xa_erase(&hmm_devlock_pages, page_to_pfn(w.pages[i]));
+		if (cur) {
+			hmm_devlock_owner_put(cur, 1);
 			done++;
 		}
 	}
@@ -420,20 +519,24 @@ EXPORT_SYMBOL_GPL(hmm_devlock_page_locked);
  * hmm_devlock_page_free() - a device-private page is being freed
  * @page: the page, whose last reference is gone
  *
- * Drops the lock of @page, if any, and uncharges the mm that took it.
+ * Drops the lock of @page, if any, and uncharges the mm that took it.  The
+ * reference on that mm is not dropped here: when this was the last locked
+ * page of the mm, it is dropped later from a work item.
  * Called by free_zone_device_folio(); not for drivers.
  *
- * Context: any context a page can be freed in; takes the xarray spinlock.
+ * Context: any context a page can be freed in, a page table lock held
+ * included; takes the xarray spinlock and may queue a work item, never
+ * sleeps.
  */
 void hmm_devlock_page_free(struct page *page)
 {
-	struct mm_struct *mm;
+	struct hmm_devlock_owner *o;
 
 	if (xa_empty(&hmm_devlock_pages))
 		return;
-	mm = xa_erase(&hmm_devlock_pages, page_to_pfn(page));
-	if (!mm)
+	o = xa_erase(&hmm_devlock_pages, page_to_pfn(page));
+	if (!o)
 		return;
-	hmm_devlock_uncharge(mm, 1);
-	mmdrop(mm);
+	hmm_devlock_uncharge(o->mm, 1);
+	hmm_devlock_owner_put(o, 1);
 }

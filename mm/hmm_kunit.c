@@ -2205,9 +2205,68 @@ static void hmm_devlock_test_refusals(struct kunit *test)
 	put_page(page);
 }
 
+/*
+ * A locked page freed under a spinlock, as zap_pte_range() frees one under
+ * the page table lock: the lock and its charge go at once, but the mm
+ * reference of the lock is not dropped there.  If it were the last one,
+ * __mmdrop() would run in that context, and it may IPI other CPUs and wait
+ * (cleanup_lazy_tlbs()) or sleep.  The count is read inside the spinlock,
+ * where this task is not switched out (a switch takes and drops lazy TLB
+ * references on its mm).
+ */
+static void hmm_devlock_test_free_keeps_mm(struct kunit *test)
+{
+	static int owner;
+	static DEFINE_SPINLOCK(ptl);
+	unsigned long addr = hk_map(test, MK_NPAGES * PAGE_SIZE,
+				    PROT_READ | PROT_WRITE);
+	struct mm_struct *mm = current->mm;
+	struct mk_devmem *dm;
+	struct page *dpage;
+	int before, after;
+	bool locked;
+	s64 base;
+
+	dm = mk_devmem_add(test, &owner);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, MK_NPAGES * PAGE_SIZE, 23),
+			0);
+	mk_shmem_to_device(test, addr, dm, &owner);
+	dpage = pfn_to_page(PHYS_PFN(dm->pgmap.range.start));
+	KUNIT_EXPECT_TRUE(test, hk_check_page(dm->backing[0], addr, 23));
+	base = atomic64_read(&mm->pinned_vm);
+
+	mmap_read_lock(mm);
+	KUNIT_ASSERT_EQ(test, hmm_devlock_range(mm, addr, addr + PAGE_SIZE,
+						&owner), 0);
+	get_page(dpage);
+	mmap_read_unlock(mm);
+	KUNIT_EXPECT_TRUE(test, hmm_devlock_page_locked(dpage));
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base + 1);
+
+	/* Our reference is the last one on the page after this. */
+	mmgrab(mm);
+	KUNIT_ASSERT_EQ(test, vm_munmap(addr, MK_NPAGES * PAGE_SIZE), 0);
+	KUNIT_EXPECT_EQ(test, atomic_read(&dm->frees), MK_NPAGES - 1);
+
+	spin_lock(&ptl);
+	before = atomic_read(&mm->mm_count);
+	put_page(dpage);
+	after = atomic_read(&mm->mm_count);
+	locked = hmm_devlock_page_locked(dpage);
+	spin_unlock(&ptl);
+
+	KUNIT_EXPECT_EQ(test, atomic_read(&dm->frees), MK_NPAGES);
+	KUNIT_EXPECT_FALSE(test, locked);
+	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base);
+	KUNIT_EXPECT_EQ_MSG(test, after, before,
+			    "mm reference dropped in page-free context");
+	mmdrop(mm);
+}
+
 static struct kunit_case hmm_devlock_test_cases[] = {
 	KUNIT_CASE(hmm_devlock_test_charge_limit),
 	KUNIT_CASE(hmm_devlock_test_refusals),
+	KUNIT_CASE(hmm_devlock_test_free_keeps_mm),
 	{}
 };
 

@@ -243,10 +243,11 @@ long hmm_devlock_unlock_range(struct mm_struct *mm, unsigned long start,
 bool hmm_devlock_page_locked(const struct page *page);
 void hmm_devlock_page_free(struct page *page);
 #else
+/* No device-private memory, so nothing can be locked to it. */
 static inline int hmm_devlock_range(struct mm_struct *mm, unsigned long start,
 				    unsigned long end, void *owner)
 {
-	return -EFAULT;
+	return -EOPNOTSUPP;
 }
 
 static inline long hmm_devlock_unlock_range(struct mm_struct *mm,

@@ -3533,6 +3533,110 @@ TEST_F(dmirror, exclusive_shmem)
 	free(dbuf);
 }
 
+#include <linux/userfaultfd.h>
+
+/* Reads the fork event of a userfaultfd and closes the child's copy. */
+static void *uffd_fork_reader(void *arg)
+{
+	int *uffd = arg;
+	struct uffd_msg msg;
+	ssize_t n;
+
+	do {
+		n = read(*uffd, &msg, sizeof(msg));
+	} while (n < 0 && errno == EINTR);
+	if (n != sizeof(msg) || msg.event != UFFD_EVENT_FORK)
+		return (void *)-1L;
+	close(msg.arg.fork.ufd);
+	return NULL;
+}
+
+/*
+ * fork() copies the page table of a shared mapping only when userfaultfd
+ * write protection with the fork event is on it.  The copy must leave the
+ * device's exclusive access alone: a CPU write through the parent's
+ * mapping afterwards has to end it, as without the fork, and the device,
+ * the CPU and the file must see the same bytes after.
+ */
+TEST_F(dmirror, exclusive_shmem_uffd_fork)
+{
+	const unsigned long npages = 4;
+	size_t psz = self->psz, len = npages * psz;
+	struct uffdio_register reg = { 0 };
+	struct uffdio_api api = { 0 };
+	struct hmm_dmirror_cmd cmd;
+	pthread_t reader;
+	void *reader_ret;
+	char *va, *dbuf;
+	int mfd, uffd, status;
+	pid_t pid;
+
+	if (access("/proc/sys/vm/unprivileged_userfaultfd", F_OK))
+		SKIP(return, "no userfaultfd in this kernel");
+	uffd = syscall(__NR_userfaultfd, O_CLOEXEC);
+	ASSERT_LE(0, uffd);
+	api.api = UFFD_API;
+	api.features = UFFD_FEATURE_EVENT_FORK |
+		       UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+	ASSERT_EQ(0, ioctl(uffd, UFFDIO_API, &api));
+
+	mfd = memfd_create("hmm-tests-excl-uffd", MFD_CLOEXEC);
+	ASSERT_LE(0, mfd);
+	ASSERT_EQ(0, ftruncate(mfd, len));
+	va = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	ASSERT_NE(MAP_FAILED, va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	pat_fill(va, len, 131, 0);
+	reg.range.start = (uintptr_t)va;
+	reg.range.len = len;
+	reg.mode = UFFDIO_REGISTER_MODE_WP;
+	ASSERT_EQ(0, ioctl(uffd, UFFDIO_REGISTER, &reg));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 131, 0));
+	ASSERT_TRUE(excl_all(self->fd, va, psz, 0, npages));
+
+	/* fork() waits until the fork event is read. */
+	ASSERT_EQ(0, pthread_create(&reader, NULL, uffd_fork_reader, &uffd));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0)
+		_exit(pat_find_bad(va, len, 131, 0) == -1 ? 0 : 1);
+	ASSERT_EQ(0, pthread_join(reader, &reader_ret));
+	ASSERT_EQ(NULL, reader_ret);
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status));
+	ASSERT_EQ(0, WEXITSTATUS(status));
+
+	/* The parent's CPU write ends the exclusivity of that page. */
+	pat_fill(va + psz, psz, 132, psz);
+	ASSERT_EQ(0, excl_state(self->fd, va, psz, 1, 2));
+	ASSERT_TRUE(excl_all(self->fd, va, psz, 0, 1));
+	ASSERT_TRUE(excl_all(self->fd, va, psz, 2, npages));
+
+	/* The device reads what the CPU wrote, the CPU what it writes. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, psz, 131, 0));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + psz, psz, 132, psz));
+	ASSERT_EQ(-1, pat_find_bad(dbuf + 2 * psz, len - 2 * psz, 131,
+				   2 * psz));
+	pat_fill(dbuf, len, 133, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 133, 0));
+	ASSERT_EQ(0, excl_state(self->fd, va, psz, 0, npages));
+	ASSERT_EQ(-1, file_find_bad(mfd, len, 133));
+
+	close(uffd);
+	munmap(va, len);
+	close(mfd);
+	free(dbuf);
+}
+
 #define SHMEM_THP "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 
 static int shmem_thp_set(const char *mode)
