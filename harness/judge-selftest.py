@@ -74,6 +74,9 @@ def tests_with(*extra, plan=3):
 # (name, console, test stream, extra report.py arguments, problem it must name)
 CASES = [
     ('a good run passes', KUNIT, stream(good()), [], None),
+    ('kernel messages inside the KUnit output pass', KUNIT.replace(
+        '    # Subtest: hmm', 'clocksource: Switched to clocksource tsc\n'
+        '[    1.000003]     # Subtest: hmm'), stream(good()), [], None),
     ('a skip the manifest allows passes', KUNIT,
      stream(good(**{'hmm-tests/thp-always': (tests_with('ok 4 hmm.may_skip_1g # SKIP no page',
                                                         plan=4), 0)})), [], None),
