@@ -38,6 +38,10 @@
  * /proc/self/smaps shows the range not backed by huge pages or no huge
  * page was migrated.
  *
+ * Another case races the death of a shmem inode whose pages sit in device
+ * memory with the eviction of that memory (HMM_DMIRROR_RELEASE or close()
+ * of the device file); see test_shmem_evict().
+ *
  * Options: -s SECONDS for all stress cases together (default 60), -S SEED,
  * -p PROCESSES, -t THREADS per process, -B MIB adds a case racing on a
  * range of that size (more than one 256 MiB chunk of device memory if
@@ -1974,6 +1978,308 @@ out:
 		ksft_test_result_pass("memcg_pressure\n");
 }
 
+#define EV_PAGES	256	/* pages of each file that dies */
+#define EV_SURV		64	/* pages of the file that stays */
+
+/* Handshake of one round, in shared memory. */
+struct ev_sync {
+	int		ready, go;
+	long		on_dev;		/* dying file's pages on the device */
+	uint64_t	t0, t1;		/* the evictor's release / close */
+	int		ret;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+static void spin_ns(uint64_t ns)
+{
+	uint64_t end = now_ns() + ns;
+
+	while (now_ns() < end)
+		;
+}
+
+/*
+ * The evictor: move the files' pages into device memory through our own
+ * device file (so that its close evicts them; the dying file's only if
+ * not @theirs, already moved by the other side), drop every mapping and
+ * descriptor of them, then at the signal evict: HMM_DMIRROR_RELEASE, or
+ * close() of the device file.
+ */
+static int evictor(const char *devpath, int dying, int surv, char *inherited,
+		   struct ev_sync *sy, bool release, bool theirs,
+		   uint64_t delay)
+{
+	const struct expect e = { .writer = 7, .gen = 1 };
+	char *buf = malloc(EV_PAGES * PAGE);
+	int fd = open(devpath, O_RDWR), ret;
+	char *d, *s;
+	long i;
+
+	d = mmap(NULL, EV_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+		 dying, 0);
+	s = mmap(NULL, EV_SURV * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+		 surv, 0);
+	munmap(inherited, EV_PAGES * PAGE);
+	if (fd < 0 || !buf || d == MAP_FAILED || s == MAP_FAILED)
+		return 10;
+	if (!theirs) {
+		ret = dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, d, buf, EV_PAGES,
+			      NULL);
+		if (ret && ret != -ENOENT)
+			return 11;
+		for (i = 0; !ret && i < EV_PAGES; i++)
+			if (check_page(buf + i * PAGE, e, i) >= 0)
+				return 12;
+		sy->on_dev = count_on_device(fd, d, EV_PAGES);
+	}
+	ret = dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, s, buf, EV_SURV, NULL);
+	if (ret && ret != -ENOENT)
+		return 13;
+	munmap(d, EV_PAGES * PAGE);
+	munmap(s, EV_SURV * PAGE);
+	close(dying);
+	close(surv);
+
+	__atomic_store_n(&sy->ready, 1, __ATOMIC_SEQ_CST);
+	while (!__atomic_load_n(&sy->go, __ATOMIC_SEQ_CST))
+		;
+	spin_ns(delay);
+	sy->t0 = now_ns();
+	if (release)
+		sy->ret = dmirror(fd, HMM_DMIRROR_RELEASE, (void *)PAGE, NULL,
+				  1, NULL);
+	else
+		sy->ret = close(fd) ? -errno : 0;
+	sy->t1 = now_ns();
+	return 0;
+}
+
+struct ev_count {
+	unsigned long	rounds[2];	/* close, release */
+	unsigned long	overlapped, on_dev, release_busy, theirs;
+	uint64_t	evict_ns, death_ns;	/* how long each took last */
+};
+
+/* Fill the file's first @npages pages with (@e) patterns through write(). */
+static int file_fill(int fd, unsigned long npages, struct expect e)
+{
+	char page[PAGE];
+	unsigned long i;
+
+	for (i = 0; i < npages; i++) {
+		fill_page(page, e, i);
+		if (pwrite(fd, page, PAGE, i * PAGE) != PAGE)
+			return -1;
+	}
+	return 0;
+}
+
+/* Returns the first of the file's @npages pages that is not @e's, or -1. */
+static long file_check(int fd, unsigned long npages, struct expect e)
+{
+	char page[PAGE];
+	unsigned long i;
+
+	for (i = 0; i < npages; i++)
+		if (pread(fd, page, PAGE, i * PAGE) != PAGE ||
+		    check_page(page, e, i) >= 0)
+			return i;
+	return -1;
+}
+
+/*
+ * One round: a new memfd (the dying file) goes to device memory through
+ * the evictor; we then drop its last descriptor and mapping, so the inode
+ * is evicted and truncated, while the evictor evicts the device memory.
+ * The surviving file, in device memory too, must come back intact.
+ */
+static int evict_round(const char *devpath, int surv, int fd, uint64_t *rnd,
+		       struct ev_sync *sy, struct ev_count *c, char *why)
+{
+	const struct expect de = { .writer = 7, .gen = 1 };
+	struct expect se = { .writer = 8, .gen = c->rounds[0] + c->rounds[1] };
+	bool release = rnd_next(rnd) % 2, munmap_last = rnd_next(rnd) % 2;
+	bool delay_evictor = rnd_next(rnd) % 2;
+	/*
+	 * The side that starts late does so by less than the other one took
+	 * last time, so that the two overlap unless the timing changed.
+	 */
+	uint64_t delay = rnd_next(rnd) % ((delay_evictor ? c->death_ns :
+					    c->evict_ns) + 1), t0, t1;
+	/* RELEASE evicts every page: then we may move the file ourselves. */
+	bool mine = release && rnd_next(rnd) % 2;
+	char *buf = NULL, *rd, *d = MAP_FAILED;
+	int dying, status, ret = -1, r;
+	long n;
+	pid_t pid;
+
+	dying = memfd_create("hmm-stress-dying", 0);
+	if (failed(why, dying >= 0 && !ftruncate(dying, EV_PAGES * PAGE) &&
+		   !file_fill(dying, EV_PAGES, de) &&
+		   !file_fill(surv, EV_SURV, se), "setup: %s", strerror(errno)))
+		goto out;
+	d = mmap(NULL, EV_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+		 dying, 0);
+	if (failed(why, d != MAP_FAILED, "mmap: %s", strerror(errno)))
+		goto out;
+	memset(sy, 0, sizeof(*sy));
+	if (mine) {
+		/* Our mapping then holds the device entries. */
+		buf = malloc(EV_PAGES * PAGE);
+		r = buf ? dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, d, buf,
+				  EV_PAGES, NULL) : -ENOMEM;
+		sy->on_dev = count_on_device(fd, d, EV_PAGES);
+		n = r ? 0 : buffer_check(buf, EV_PAGES, de);
+		free(buf);
+		buf = NULL;
+		if (failed(why, (!r || r == -ENOENT) && n < 0,
+			   "MIGRATE_TO_DEV of the dying file: %s, page %ld",
+			   strerror(-r), n))
+			goto out;
+	}
+	fflush(stdout);
+	pid = fork();
+	if (!pid)
+		_exit(evictor(devpath, dying, surv, d, sy, release, mine,
+			      delay_evictor ? delay : 0));
+	if (failed(why, pid > 0, "fork: %s", strerror(errno)))
+		goto out;
+	while (!__atomic_load_n(&sy->ready, __ATOMIC_SEQ_CST)) {
+		if (waitpid(pid, &status, WNOHANG) == pid) {
+			failed(why, 0, "evictor failed, status %#x", status);
+			goto out;
+		}
+		sched_yield();
+	}
+	__atomic_store_n(&sy->go, 1, __ATOMIC_SEQ_CST);
+	spin_ns(delay_evictor ? 0 : delay);
+	/* Our descriptor and mapping are the file's last references. */
+	t0 = now_ns();
+	if (munmap_last) {
+		close(dying);
+		munmap(d, EV_PAGES * PAGE);
+	} else {
+		munmap(d, EV_PAGES * PAGE);
+		close(dying);
+	}
+	t1 = now_ns();
+	dying = -1;
+	d = MAP_FAILED;
+	if (failed(why, waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+		   !WEXITSTATUS(status), "evictor status %#x", status))
+		goto out;
+	if (failed(why, err_in(sy->ret, ok_release), "eviction: %s",
+		   strerror(-sy->ret)))
+		goto out;
+	c->rounds[release]++;
+	c->theirs += mine;
+	c->release_busy += sy->ret == -EBUSY;
+	c->on_dev += sy->on_dev > 0 ? sy->on_dev : 0;
+	c->overlapped += t0 < sy->t1 && sy->t0 < t1;
+	c->evict_ns = sy->t1 - sy->t0;
+	c->death_ns = t1 - t0;
+
+	/* The survivor: through the page cache and through the device. */
+	n = file_check(surv, EV_SURV, se);
+	if (failed(why, n < 0, "surviving file: page %ld wrong", n))
+		goto out;
+	buf = mmap(NULL, EV_SURV * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   surv, 0);
+	if (failed(why, buf != MAP_FAILED, "mmap: %s", strerror(errno)))
+		goto out;
+	rd = malloc(EV_SURV * PAGE);
+	r = rd ? dmirror(fd, HMM_DMIRROR_READ, buf, rd, EV_SURV, NULL) :
+		 -ENOMEM;
+	n = r ? 0 : buffer_check(rd, EV_SURV, se);
+	free(rd);
+	munmap(buf, EV_SURV * PAGE);
+	if (failed(why, !r && n < 0,
+		   "surviving file through the device: %s, page %ld",
+		   strerror(-r), n))
+		goto out;
+	/* Every device page freed: the dead file's, the evicted survivor's. */
+	for (n = 0; n < 200 && dev_attr_read(devpath, "devmem_used"); n++)
+		usleep(10000);
+	if (failed(why, !dev_attr_read(devpath, "devmem_used"),
+		   "%ld device pages in use after the round",
+		   dev_attr_read(devpath, "devmem_used")))
+		goto out;
+	ret = 0;
+out:
+	if (d != MAP_FAILED)
+		munmap(d, EV_PAGES * PAGE);
+	if (dying >= 0)
+		close(dying);
+	return ret;
+}
+
+/*
+ * Issue 17 item 1: device memory holding pages of a shmem file is evicted
+ * (HMM_DMIRROR_RELEASE, or close() of the device file that allocated
+ * them) while the file's last descriptor and mapping go away, so that its
+ * inode is evicted and truncated under the eviction.  Each round has a
+ * random lead for one side, sweeping the window; the rounds whose two
+ * intervals overlapped are counted and at least one must have.  The file
+ * that stays alive is checked after every round, and all device memory
+ * must be free again.  On a kernel where eviction does not pin the
+ * mapping, KASAN reports a use-after-free of the shmem inode.
+ */
+static void test_shmem_evict(const char *devpath, int seconds, uint64_t seed)
+{
+	const char *dev = strrchr(devpath, '/') + 1;
+	time_t deadline = time(NULL) + seconds;
+	struct ev_count c = {};
+	struct ev_sync *sy;
+	unsigned long rounds;
+	char why[256] = "";
+	uint64_t rnd = seed;
+	int surv, fd;
+
+	sy = mmap(NULL, sizeof(*sy), PROT_READ | PROT_WRITE,
+		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	surv = memfd_create("hmm-stress-survivor", 0);
+	fd = open(devpath, O_RDWR);
+	if (failed(why, sy != MAP_FAILED && surv >= 0 && fd >= 0 &&
+		   !ftruncate(surv, EV_SURV * PAGE), "setup: %s",
+		   strerror(errno)))
+		goto out;
+	/* A slow kernel gets a few rounds more than its share of time. */
+	while ((time(NULL) < deadline || c.rounds[0] + c.rounds[1] < 10) &&
+	       !evict_round(devpath, surv, fd, &rnd, sy, &c, why))
+		;
+	rounds = c.rounds[0] + c.rounds[1];
+	ksft_print_msg("shmem_evict: %lu rounds: %lu close, %lu release (%lu EBUSY)\n",
+		       rounds, c.rounds[0], c.rounds[1], c.release_busy);
+	ksft_print_msg("shmem_evict: %lu with the dying file mapped to the device\n",
+		       c.theirs);
+	ksft_print_msg("shmem_evict: %lu dying pages on the device, %lu rounds overlapped\n",
+		       c.on_dev, c.overlapped);
+	if (why[0])
+		goto out;
+	if (failed(why, c.on_dev >= rounds * EV_PAGES / 2,
+		   "%lu rounds, %lu pages on the device", rounds, c.on_dev))
+		goto out;
+	failed(why, c.overlapped > 0, "no eviction overlapped an inode's death");
+out:
+	if (fd >= 0)
+		close(fd);
+	if (surv >= 0)
+		close(surv);
+	if (!why[0])
+		check_device_idle(devpath, why, sizeof(why));
+	if (why[0])
+		ksft_test_result_fail("shmem_evict_%s: %s\n", dev, why);
+	else
+		ksft_test_result_pass("shmem_evict_%s (%d s)\n", dev, seconds);
+}
+
 static bool cmdline_has(const char *word)
 {
 	char line[4096] = "";
@@ -2036,8 +2342,8 @@ int main(int argc, char **argv)
 	dma_may_refuse = cmdline_has("swiotlb=force");
 	/* Coherent device memory exists only with memmap= reserved RAM. */
 	ndevs = access(devs[1], R_OK | W_OK) ? 1 : 2;
-	/* 4K, THP, shmem, coherent 4K. */
-	ncases = 3 + (ndevs - 1);
+	/* 4K, THP, shmem, the shmem eviction race, coherent 4K. */
+	ncases = 4 + (ndevs - 1);
 	ksft_set_plan(ncases + !!big + 2 * ndevs + 1);
 	ksft_print_msg("seed %llu, %d processes x %d threads, %d s\n",
 		       (unsigned long long)seed, nprocs, nthreads, seconds);
@@ -2047,6 +2353,7 @@ int main(int argc, char **argv)
 	test_stress(devs[0], B_ANON, share, seed, nprocs, nthreads, 0);
 	test_stress(devs[0], B_THP, share, seed + 1, nprocs, nthreads, 0);
 	test_stress(devs[0], B_SHMEM, share, seed + 2, nprocs, nthreads, 0);
+	test_shmem_evict(devs[0], share, seed + 4);
 	if (ndevs > 1)
 		test_stress(devs[1], B_ANON, share, seed + 3, nprocs, nthreads,
 			    0);
