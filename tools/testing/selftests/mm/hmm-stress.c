@@ -571,14 +571,34 @@ static int op_to_dev(struct worker *wk, unsigned long slot)
 	return ret;
 }
 
+/* Pages of the last snapshot (wk->pre) that are in our device memory. */
+static unsigned long pre_on_dev(struct worker *wk, unsigned long npages)
+{
+	unsigned long i, n = 0;
+
+	for (i = 0; i < npages; i++)
+		n += state_on_dev(wk->pre[i]);
+	return n;
+}
+
+/*
+ * Most pages come back through CPU faults before a MIGRATE_TO_SYS finds
+ * them: with nothing of the slot on the device, move it there first, so
+ * that the way back is exercised (and counted) as often as the way there.
+ */
 static int op_to_sys(struct worker *wk, unsigned long slot)
 {
 	struct stress *st = wk->st;
 	char *a = slot_addr(st, slot);
 	bool pre = snap(wk, a, st->slot_pages, wk->pre);
-	int ret = dmirror(wk->fd, HMM_DMIRROR_MIGRATE_TO_SYS, a, NULL,
-			  st->slot_pages, NULL);
+	int ret;
 
+	if (pre && !pre_on_dev(wk, st->slot_pages)) {
+		op_to_dev(wk, slot);
+		pre = snap(wk, a, st->slot_pages, wk->pre);
+	}
+	ret = dmirror(wk->fd, HMM_DMIRROR_MIGRATE_TO_SYS, a, NULL,
+		      st->slot_pages, NULL);
 	__sync_fetch_and_add(&st->g->tried_sys, st->slot_pages);
 
 	if (ret)
@@ -939,22 +959,15 @@ static void lf_check_tags(struct stress *st, const uint64_t *buf,
  * MIGRATE_TO_DEV hands back what it moved, in which every word must at
  * least be one its writer stored there.
  */
-static int op_lf_migrate(struct worker *wk, bool to_dev)
+static int lf_migrate(struct worker *wk, unsigned long first,
+		      unsigned long np, bool to_dev, bool pre)
 {
 	struct stress *st = wk->st;
-	unsigned long first = 0, np = st->lf_pages;
 	unsigned long *count = to_dev ? &st->g->lf_moved_dev :
 					&st->g->lf_moved_sys;
-	char *a;
-	bool pre;
+	char *a = st->lf + first * PAGE;
 	int ret;
 
-	if (rnd_next(&wk->rnd) % 2) {
-		first = rnd_next(&wk->rnd) % np;
-		np = 1;
-	}
-	a = st->lf + first * PAGE;
-	pre = snap(wk, a, np, wk->pre);
 	__sync_fetch_and_add(&st->sh->lf_inflight, 1);
 	ret = dmirror(wk->fd, to_dev ? HMM_DMIRROR_MIGRATE_TO_DEV :
 		      HMM_DMIRROR_MIGRATE_TO_SYS, a, wk->buf, np, NULL);
@@ -971,7 +984,28 @@ static int op_lf_migrate(struct worker *wk, bool to_dev)
 	if (pre && (!ret || ret == -ENOENT))
 		__sync_fetch_and_add(count, moved(wk, a, np, to_dev,
 						  &st->g->thp_moved));
-	return 0;
+	return ret;
+}
+
+/* As op_to_sys(), the way back starts with the way there if need be. */
+static int op_lf_migrate(struct worker *wk, bool to_dev)
+{
+	struct stress *st = wk->st;
+	unsigned long first = 0, np = st->lf_pages;
+	char *a;
+	bool pre;
+
+	if (rnd_next(&wk->rnd) % 2) {
+		first = rnd_next(&wk->rnd) % np;
+		np = 1;
+	}
+	a = st->lf + first * PAGE;
+	pre = snap(wk, a, np, wk->pre);
+	if (!to_dev && pre && !pre_on_dev(wk, np)) {
+		lf_migrate(wk, first, np, true, pre);
+		pre = snap(wk, a, np, wk->pre);
+	}
+	return lf_migrate(wk, first, np, to_dev, pre);
 }
 
 /* After the race: every word holds the last value its writer stored. */
@@ -1075,7 +1109,14 @@ static void *worker_main(void *arg)
 
 	pthread_barrier_wait(wk->start);
 	while (time(NULL) < st->deadline && !st->sh->errors) {
-		enum op op = pick_op(wk);
+		/*
+		 * Every worker starts with a round trip of a slot and of the
+		 * lock-free region, so that even a slow kernel, which runs few
+		 * operations, tries both ways.
+		 */
+		enum op op = !wk->ops[OP_TO_SYS] ? OP_TO_SYS :
+			     !wk->ops[OP_LF_TO_SYS] ? OP_LF_TO_SYS :
+			     pick_op(wk);
 		unsigned long slot = rnd_next(&wk->rnd) % st->nslots;
 		pthread_rwlock_t *lock = &st->sh->lock[slot];
 		int ret;
@@ -1402,6 +1443,27 @@ static int check_floors(struct stress *st, char *why, size_t whylen)
 }
 
 /*
+ * Write every page of the shmem slots before the race: a hole of a shmem
+ * file cannot migrate (MIGRATE_TO_DEV gives ENOENT), and a slow kernel
+ * runs too few operations to fill them itself.
+ */
+static int shmem_prefill(struct stress *st, struct shared *sh)
+{
+	const struct expect e = { .writer = MAX_PROCS * MAX_THREADS + 1,
+				  .gen = 1 };
+	unsigned long i;
+	char page[PAGE];
+
+	for (i = 0; i < st->nslots * st->slot_pages; i++) {
+		fill_page(page, e, i);
+		if (pwrite(st->memfd, page, PAGE, i * PAGE) != PAGE)
+			return -1;
+		sh->exp[i] = e;
+	}
+	return 0;
+}
+
+/*
  * Private data: every process races on its own copy, with its own slot
  * locks.  Shmem: all processes share the file, the locks and the
  * expectations, so a page written by one is checked by the others.
@@ -1434,6 +1496,8 @@ static int stress_run(struct stress *st, char *why, size_t whylen)
 			return snprintf(why, whylen, "no memory"), -1;
 	}
 	st->g = own[0];
+	if (st->shared_data && shmem_prefill(st, own[0]))
+		return snprintf(why, whylen, "memfd: %s", strerror(errno)), -1;
 	for (p = 0; p < st->nprocs; p++) {
 		fflush(stdout);
 		pid[p] = fork();
