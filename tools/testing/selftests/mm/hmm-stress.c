@@ -1397,17 +1397,22 @@ static void print_outcomes(struct shared *g)
  * 1/64 back and for the lock-free region, sit several times below the
  * lowest of these, yet a run whose migrations keep failing (ENOENT,
  * ENOMEM) or move nothing falls under them.  The lock-free region must
- * also have had stores land while a migration of it was in flight, the
- * THP case must have migrated PMD-mapped pages, and locked pages must
- * have refused the CPU.
+ * also have had stores land while a migration of it was in flight, and
+ * the THP case must have migrated PMD-mapped pages.  Every worker starts
+ * with a round trip, so both ways are tried even where a slow kernel (the
+ * debug one: 8-100 operations in 4 s) runs few operations; the region's
+ * requirements apply once it was tried (THP on the debug kernel may run
+ * nothing but the slots' round trips).  Each lock is checked where it is
+ * taken (SIGBUS, LOCK_QUERY).
  */
 static int check_floors(struct stress *st, char *why, size_t whylen)
 {
 	struct shared *g = st->g;
-	unsigned long f_dev = g->tried_dev / 8 ?: 1;
-	unsigned long f_sys = g->tried_sys / 64 ?: 1;
-	unsigned long f_lf_dev = g->lf_tried_dev / 64 ?: 1;
-	unsigned long f_lf_sys = g->lf_tried_sys / 64 ?: 1;
+	/* At least one page once anything was tried. */
+	unsigned long f_dev = (g->tried_dev + 7) / 8;
+	unsigned long f_sys = (g->tried_sys + 63) / 64;
+	unsigned long f_lf_dev = (g->lf_tried_dev + 63) / 64;
+	unsigned long f_lf_sys = (g->lf_tried_sys + 63) / 64;
 
 	ksft_print_msg("pages moved to device / system %lu / %lu of %lu / %lu (floors %lu / %lu)\n",
 		       g->moved_dev, g->moved_sys, g->tried_dev, g->tried_sys,
@@ -1431,14 +1436,13 @@ static int check_floors(struct stress *st, char *why, size_t whylen)
 				"lock-free region: only %lu / %lu pages moved, floors %lu / %lu",
 				g->lf_moved_dev, g->lf_moved_sys, f_lf_dev,
 				f_lf_sys), -1;
-	if (!g->lf_raced)
+	if (!g->lf_raced && g->lf_tried_dev + g->lf_tried_sys)
 		return snprintf(why, whylen,
 				"no lock-free store raced a migration"), -1;
+	if (!g->tried_dev || !g->tried_sys)
+		return snprintf(why, whylen, "no migration tried"), -1;
 	if (st->backing == B_THP && !g->thp_moved)
 		return snprintf(why, whylen, "no huge page migrated"), -1;
-	if (st->private_dev && st->backing != B_SHMEM && !g->sigbus)
-		return snprintf(why, whylen, "no locked page refused the CPU"),
-		       -1;
 	return 0;
 }
 
