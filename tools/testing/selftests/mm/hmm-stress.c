@@ -19,13 +19,40 @@
  * use, HMM_DMIRROR_RELEASE must unplug every chunk (a page reference leaked
  * anywhere would keep its chunk busy) and system memory must not shrink.
  *
+ * Besides the slots, each data set has a small lock-free region: every
+ * word of it has exactly one writer thread, which stores ever increasing
+ * values there without any slot lock while other threads migrate the same
+ * pages both ways; each store first checks that the word still holds the
+ * writer's previous value, and at the end every word must hold the last
+ * value its writer stored (a lost update fails).  Device locks
+ * (HMM_DMIRROR_LOCK) and DMA accesses (HMM_DMIRROR_DMA_*) run among the
+ * other operations.
+ *
+ * The race must have happened for a case to pass: every operation counts
+ * its outcomes (success and each errno, printed as TAP comments), and
+ * migrations are confirmed with HMM_DMIRROR_SNAPSHOT, before and after
+ * each successful MIGRATE_TO_DEV / MIGRATE_TO_SYS (pages that moved).  A
+ * case fails when fewer pages than a floor moved either way (see
+ * check_floors()), when no CPU store of the lock-free region happened
+ * while a migration of it was in flight, and, for THP, when
+ * /proc/self/smaps shows the range not backed by huge pages or no huge
+ * page was migrated.
+ *
+ * Another case races the death of a shmem inode whose pages sit in device
+ * memory with the eviction of that memory (HMM_DMIRROR_RELEASE or close()
+ * of the device file); see test_shmem_evict().
+ *
  * Options: -s SECONDS for all stress cases together (default 60), -S SEED,
- * -p PROCESSES, -t THREADS per process.  The seed is printed; a run with
- * the same seed makes the same choices, up to the order races allow.
+ * -p PROCESSES, -t THREADS per process, -B MIB adds a case racing on a
+ * range of that size (more than one 256 MiB chunk of device memory if
+ * above 256).  The seed is printed; a run with the same seed makes the
+ * same choices, up to the order races allow.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -50,6 +77,10 @@
 #define THP_SIZE	(2UL << 20)
 #define MAX_THREADS	16
 #define MAX_PROCS	8
+/* errno values counted one by one; larger ones share the last counter. */
+#define NERR		134
+/* Lock-free writer threads per process. */
+#define LF_WRITERS	2
 
 enum backing { B_ANON, B_THP, B_SHMEM };
 
@@ -58,14 +89,41 @@ struct expect {
 	uint32_t	gen;
 };
 
-/* Shared by every process of a case (MAP_SHARED anonymous memory). */
+enum op { OP_CPU_WRITE, OP_DEV_WRITE, OP_CPU_READ, OP_DEV_READ, OP_TO_DEV,
+	  OP_TO_SYS, OP_DONTNEED, OP_REMAP, OP_MPROTECT, OP_LOCK, OP_DMA_READ,
+	  OP_DMA_WRITE, OP_LF_TO_DEV, OP_LF_TO_SYS, OP_FORK, OP_RELEASE,
+	  OP_NR };
+
+/*
+ * One per data set, shared by the processes using it (MAP_SHARED
+ * anonymous memory).  The counters after @why are kept in the first
+ * process's copy only (struct stress.g), for all processes of the case.
+ */
 struct shared {
 	pthread_rwlock_t	lock[256];
 	struct expect		*exp;		/* nslots * slot_pages */
-	unsigned long		ops[16];
+	unsigned long		ops[OP_NR];
 	unsigned long		busy;		/* EBUSY retries */
 	unsigned long		errors;
 	char			why[256];
+	unsigned long		lf_inflight;	/* lock-free region migrating */
+	/* Whole case, in the first copy: */
+	unsigned long		outcome[OP_NR][NERR];
+	unsigned long		tried_dev;	/* pages asked to move, slots */
+	unsigned long		tried_sys;
+	unsigned long		moved_dev;	/* pages seen to move, slots */
+	unsigned long		moved_sys;
+	unsigned long		lf_tried_dev;	/* the same, lock-free region */
+	unsigned long		lf_tried_sys;
+	unsigned long		lf_moved_dev;
+	unsigned long		lf_moved_sys;
+	unsigned long		lf_stores;
+	unsigned long		lf_raced;	/* stores during a migration */
+	unsigned long		thp_moved;	/* PMD-mapped pages moved */
+	unsigned long		locked;		/* pages locked */
+	unsigned long		sigbus;		/* CPU reads of them refused */
+	unsigned long		rel_started;	/* HMM_DMIRROR_RELEASE calls */
+	unsigned long		rel_done;
 };
 
 struct stress {
@@ -79,26 +137,33 @@ struct stress {
 	uint64_t	seed;
 	int		nthreads;
 	int		nprocs;
+	int		seconds;
+	bool		private_dev;	/* device-private: LOCK works */
+	bool		big;		/* -B: fill, then all to the device */
+	unsigned long	lf_pages;	/* lock-free region */
+	int		lf_nwriters;	/* writers sharing its words */
 	/* per process */
 	int		proc;
 	char		*base;
+	char		*lf;
 	struct shared	*sh;
+	struct shared	*g;		/* the case's counters */
 	struct expect	*exp;		/* this process's expectations */
 };
 
-enum op { OP_CPU_WRITE, OP_DEV_WRITE, OP_CPU_READ, OP_DEV_READ, OP_TO_DEV,
-	  OP_TO_SYS, OP_DONTNEED, OP_REMAP, OP_MPROTECT, OP_FORK, OP_RELEASE,
-	  OP_NR };
-
 static const char *const op_names[OP_NR] = {
 	"cpu_write", "dev_write", "cpu_read", "dev_read", "to_dev", "to_sys",
-	"dontneed", "remap", "mprotect", "fork", "release",
+	"dontneed", "remap", "mprotect", "lock", "dma_read", "dma_write",
+	"lf_to_dev", "lf_to_sys", "fork", "release",
 };
 
 /* Out of 1000; fork and release are heavy and global, keep them rare. */
 static const int op_weight[OP_NR] = {
-	130, 130, 155, 155, 150, 110, 60, 50, 50, 8, 2,
+	110, 100, 110, 100, 130, 100, 50, 45, 40, 25, 55, 40, 45, 40, 8, 2,
 };
+
+/* swiotlb=force on the kernel command line: DMA may be refused. */
+static bool dma_may_refuse;
 
 static uint64_t rnd_next(uint64_t *s)
 {
@@ -328,6 +393,7 @@ static bool err_in(int err, const int *ok)
  */
 static const int ok_to_dev[] = { -ENOENT, -ENOMEM, 0 };
 static const int ok_release[] = { -EBUSY, 0 };
+static const int ok_none[] = { 0 };
 
 struct worker {
 	struct stress	*st;
@@ -335,15 +401,77 @@ struct worker {
 	int		fd;
 	uint64_t	rnd;
 	char		*buf;
+	unsigned char	*pre, *post;	/* SNAPSHOT states */
 	unsigned long	ops[OP_NR];
 	uint32_t	gen;
+	pthread_barrier_t *start;	/* all threads created */
 };
 
-static void op_write(struct worker *wk, unsigned long slot, bool dev)
+/* Count one outcome of @op: 0 or a negative errno. */
+static void tally(struct stress *st, enum op which, int ret)
+{
+	int e = ret < 0 ? -ret : 0;
+
+	__sync_fetch_and_add(&st->g->outcome[which][e < NERR ? e : NERR - 1],
+			     1);
+}
+
+static bool state_on_dev(unsigned char s)
+{
+	return s != HMM_DMIRROR_PROT_ERROR &&
+	       ((s & 0xf0) == HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL ||
+		(s & 0xf0) == HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL);
+}
+
+/* In system memory: mapped there, or (shmem) only in the page cache. */
+static bool state_in_sys(unsigned char s)
+{
+	return s != HMM_DMIRROR_PROT_ERROR && !(s & 0xe0);
+}
+
+/* SNAPSHOT of @npages at @addr into @states; false if it failed. */
+static bool snap(struct worker *wk, void *addr, unsigned long npages,
+		 unsigned char *states)
+{
+	return !dmirror_retry(wk->fd, HMM_DMIRROR_SNAPSHOT, addr, states,
+			      npages, &wk->st->sh->busy);
+}
+
+/*
+ * Pages that a successful migration of @npages at @addr was seen to move:
+ * in the other memory before (wk->pre), in the wanted one after.  Huge
+ * pages moved (PMD-mapped before) are added to *@thp.
+ */
+static unsigned long moved(struct worker *wk, void *addr,
+			   unsigned long npages, bool to_dev,
+			   unsigned long *thp)
+{
+	unsigned long i, n = 0;
+
+	if (!snap(wk, addr, npages, wk->post))
+		return 0;
+	for (i = 0; i < npages; i++) {
+		bool from = to_dev ? state_in_sys(wk->pre[i]) :
+				     state_on_dev(wk->pre[i]);
+		bool to = to_dev ? state_on_dev(wk->post[i]) :
+				   state_in_sys(wk->post[i]);
+
+		if (from && to) {
+			n++;
+			if (wk->pre[i] & HMM_DMIRROR_PROT_PMD)
+				(*thp)++;
+		}
+	}
+	return n;
+}
+
+enum write_by { BY_CPU, BY_DEV, BY_DMA };
+
+static int op_write(struct worker *wk, unsigned long slot, enum write_by by)
 {
 	struct stress *st = wk->st;
 	struct expect *e = slot_exp(st, slot);
-	char *dst = dev ? wk->buf : slot_addr(st, slot);
+	char *dst = by == BY_CPU ? slot_addr(st, slot) : wk->buf;
 	unsigned long i;
 	int ret;
 
@@ -353,15 +481,23 @@ static void op_write(struct worker *wk, unsigned long slot, bool dev)
 		e[i].gen = wk->gen;
 		fill_page(dst + i * PAGE, e[i], slot * st->slot_pages + i);
 	}
-	if (!dev)
-		return;
-	ret = dmirror_retry(wk->fd, HMM_DMIRROR_WRITE, slot_addr(st, slot),
+	if (by == BY_CPU)
+		return 0;
+	ret = dmirror_retry(wk->fd, by == BY_DEV ? HMM_DMIRROR_WRITE :
+			    HMM_DMIRROR_DMA_WRITE, slot_addr(st, slot),
 			    wk->buf, st->slot_pages, &st->sh->busy);
+	if (ret == -EOPNOTSUPP && by == BY_DMA && dma_may_refuse) {
+		/* Refused before touching anything: the CPU writes instead. */
+		memcpy(slot_addr(st, slot), wk->buf, slot_bytes(st));
+		return ret;
+	}
 	if (ret)
-		fail(st, "HMM_DMIRROR_WRITE slot %lu: %s", slot, strerror(-ret));
+		fail(st, "HMM_DMIRROR_%sWRITE slot %lu: %s",
+		     by == BY_DMA ? "DMA_" : "", slot, strerror(-ret));
+	return ret;
 }
 
-static void op_dev_read(struct worker *wk, unsigned long slot)
+static int op_dev_read(struct worker *wk, unsigned long slot)
 {
 	int ret = dmirror_retry(wk->fd, HMM_DMIRROR_READ,
 				slot_addr(wk->st, slot), wk->buf,
@@ -372,29 +508,106 @@ static void op_dev_read(struct worker *wk, unsigned long slot)
 		     strerror(-ret));
 	else
 		check_slot(wk->st, slot, wk->buf, "device read");
+	return ret;
 }
 
-static void op_to_dev(struct worker *wk, unsigned long slot)
+/*
+ * The device reads the slot through DMA addresses; now and then the
+ * window's statistics are checked for sanity and its mappings dropped.
+ */
+static int op_dma_read(struct worker *wk, unsigned long slot)
 {
 	struct stress *st = wk->st;
-	int ret = dmirror(wk->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
-			  slot_addr(st, slot), wk->buf, st->slot_pages, NULL);
+	struct hmm_dmirror_dma_stats ds = {};
+	char *a = slot_addr(st, slot);
+	uint64_t n = 0;
+	int ret;
 
-	if (!err_in(ret, ok_to_dev))
-		fail(st, "MIGRATE_TO_DEV slot %lu: %s", slot, strerror(-ret));
-	else if (!ret)
-		check_slot(st, slot, wk->buf, "migrate to device");
+	ret = dmirror_retry(wk->fd, HMM_DMIRROR_DMA_READ, a, wk->buf,
+			    st->slot_pages, &st->sh->busy);
+	if (ret == -EOPNOTSUPP && dma_may_refuse)
+		return ret;
+	if (ret) {
+		fail(st, "HMM_DMIRROR_DMA_READ slot %lu: %s", slot,
+		     strerror(-ret));
+		return ret;
+	}
+	check_slot(st, slot, wk->buf, "dma read");
+	if (rnd_next(&wk->rnd) % 4)
+		return 0;
+	if (dmirror(wk->fd, HMM_DMIRROR_DMA_STATS, a, &ds, 1, NULL) ||
+	    ds.mapped_pages > st->slot_pages || ds.local > st->slot_pages)
+		fail(st, "HMM_DMIRROR_DMA_STATS slot %lu: %llu pages mapped, %llu local",
+		     slot, (unsigned long long)ds.mapped_pages,
+		     (unsigned long long)ds.local);
+	if (dmirror(wk->fd, HMM_DMIRROR_DMA_UNMAP, a, NULL, 1, &n) ||
+	    n > st->slot_pages)
+		fail(st, "HMM_DMIRROR_DMA_UNMAP slot %lu: %llu mappings", slot,
+		     (unsigned long long)n);
+	return 0;
 }
 
-static void op_to_sys(struct worker *wk, unsigned long slot)
+static int op_to_dev(struct worker *wk, unsigned long slot)
 {
-	int ret = dmirror(wk->fd, HMM_DMIRROR_MIGRATE_TO_SYS,
-			  slot_addr(wk->st, slot), NULL, wk->st->slot_pages,
-			  NULL);
+	struct stress *st = wk->st;
+	char *a = slot_addr(st, slot);
+	bool pre = snap(wk, a, st->slot_pages, wk->pre);
+	int ret = dmirror(wk->fd, HMM_DMIRROR_MIGRATE_TO_DEV, a, wk->buf,
+			  st->slot_pages, NULL);
+
+	__sync_fetch_and_add(&st->g->tried_dev, st->slot_pages);
+
+	if (!err_in(ret, ok_to_dev)) {
+		fail(st, "MIGRATE_TO_DEV slot %lu: %s", slot, strerror(-ret));
+		return ret;
+	}
+	if (!ret)
+		check_slot(st, slot, wk->buf, "migrate to device");
+	/* ENOENT: some pages stayed behind, the others moved. */
+	if (pre && ret != -ENOMEM)
+		__sync_fetch_and_add(&st->g->moved_dev,
+				     moved(wk, a, st->slot_pages, true,
+					   &st->g->thp_moved));
+	return ret;
+}
+
+/* Pages of the last snapshot (wk->pre) that are in our device memory. */
+static unsigned long pre_on_dev(struct worker *wk, unsigned long npages)
+{
+	unsigned long i, n = 0;
+
+	for (i = 0; i < npages; i++)
+		n += state_on_dev(wk->pre[i]);
+	return n;
+}
+
+/*
+ * Most pages come back through CPU faults before a MIGRATE_TO_SYS finds
+ * them: with nothing of the slot on the device, move it there first, so
+ * that the way back is exercised (and counted) as often as the way there.
+ */
+static int op_to_sys(struct worker *wk, unsigned long slot)
+{
+	struct stress *st = wk->st;
+	char *a = slot_addr(st, slot);
+	bool pre = snap(wk, a, st->slot_pages, wk->pre);
+	int ret;
+
+	if (pre && !pre_on_dev(wk, st->slot_pages)) {
+		op_to_dev(wk, slot);
+		pre = snap(wk, a, st->slot_pages, wk->pre);
+	}
+	ret = dmirror(wk->fd, HMM_DMIRROR_MIGRATE_TO_SYS, a, NULL,
+		      st->slot_pages, NULL);
+	__sync_fetch_and_add(&st->g->tried_sys, st->slot_pages);
 
 	if (ret)
-		fail(wk->st, "MIGRATE_TO_SYS slot %lu: %s", slot,
-		     strerror(-ret));
+		fail(st, "MIGRATE_TO_SYS slot %lu: %s", slot, strerror(-ret));
+	else if (pre)
+		__sync_fetch_and_add(&st->g->moved_sys,
+				     moved(wk, a, st->slot_pages, false,
+					   &st->g->thp_moved));
+	return ret;
 }
 
 /* New pages: zero for anonymous memory, the file's data for shmem. */
@@ -409,48 +622,52 @@ static void forget_slot(struct stress *st, unsigned long slot)
  * Drop the slot's pages. MADV_DONTNEED only unmaps shmem, so shmem punches
  * a hole in the file instead: every process then reads zeroes there.
  */
-static void op_dontneed(struct worker *wk, unsigned long slot)
+static int op_dontneed(struct worker *wk, unsigned long slot)
 {
 	struct stress *st = wk->st;
 
 	if (st->backing == B_SHMEM) {
 		if (fallocate(st->memfd, FALLOC_FL_PUNCH_HOLE |
 			      FALLOC_FL_KEEP_SIZE, slot * slot_bytes(st),
-			      slot_bytes(st)))
+			      slot_bytes(st))) {
 			fail(st, "hole punch slot %lu: %s", slot,
 			     strerror(errno));
-		else
-			memset(slot_exp(st, slot), 0,
-			       st->slot_pages * sizeof(struct expect));
-		return;
+			return -errno;
+		}
+		memset(slot_exp(st, slot), 0,
+		       st->slot_pages * sizeof(struct expect));
+		return 0;
 	}
-	if (madvise(slot_addr(st, slot), slot_bytes(st), MADV_DONTNEED))
+	if (madvise(slot_addr(st, slot), slot_bytes(st), MADV_DONTNEED)) {
 		fail(st, "MADV_DONTNEED slot %lu: %s", slot, strerror(errno));
-	else
-		forget_slot(st, slot);
+		return -errno;
+	}
+	forget_slot(st, slot);
+	return 0;
 }
 
-static void op_remap(struct worker *wk, unsigned long slot)
+static int op_remap(struct worker *wk, unsigned long slot)
 {
 	struct stress *st = wk->st;
 	char *a = slot_addr(st, slot);
 
 	if (munmap(a, slot_bytes(st))) {
 		fail(st, "munmap slot %lu: %s", slot, strerror(errno));
-		return;
+		return -errno;
 	}
 	/* The addresses are free now; nobody else maps into our range. */
 	if (map_range(st, a, slot_bytes(st), slot * slot_bytes(st)) != a) {
 		fail(st, "mmap slot %lu again: %s", slot, strerror(errno));
-		return;
+		return -errno;
 	}
 	if (st->backing == B_THP)
 		madvise(a, slot_bytes(st), MADV_HUGEPAGE);
 	forget_slot(st, slot);
+	return 0;
 }
 
 /* Read-only for a moment: device writes must fail, reads still work. */
-static void op_mprotect(struct worker *wk, unsigned long slot)
+static int op_mprotect(struct worker *wk, unsigned long slot)
 {
 	struct stress *st = wk->st;
 	char *a = slot_addr(st, slot);
@@ -458,7 +675,7 @@ static void op_mprotect(struct worker *wk, unsigned long slot)
 
 	if (mprotect(a, slot_bytes(st), PROT_READ)) {
 		fail(st, "mprotect slot %lu: %s", slot, strerror(errno));
-		return;
+		return -errno;
 	}
 	memcpy(wk->buf, a, slot_bytes(st));
 	ret = dmirror_retry(wk->fd, HMM_DMIRROR_WRITE, a, wk->buf,
@@ -469,6 +686,132 @@ static void op_mprotect(struct worker *wk, unsigned long slot)
 	op_dev_read(wk, slot);
 	if (mprotect(a, slot_bytes(st), PROT_READ | PROT_WRITE))
 		fail(st, "mprotect slot %lu back: %s", slot, strerror(errno));
+	return ret;
+}
+
+/* Set while this thread expects its CPU read to raise SIGBUS. */
+static __thread struct {
+	sigjmp_buf	*jb;
+} sigbus_jmp;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	if (sigbus_jmp.jb)
+		siglongjmp(*sigbus_jmp.jb, 1);
+	signal(SIGBUS, SIG_DFL);
+	raise(SIGBUS);
+}
+
+/*
+ * A CPU read of @p; true if it raised SIGBUS (a locked device page).  The
+ * fences keep the compiler from moving the read out of the armed window.
+ */
+static bool cpu_read_sigbus(uint64_t *p)
+{
+	sigjmp_buf jb;
+
+	if (sigsetjmp(jb, 1)) {
+		sigbus_jmp.jb = NULL;
+		return true;
+	}
+	sigbus_jmp.jb = &jb;
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+	(void)__atomic_load_n(p, __ATOMIC_RELAXED);
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+	sigbus_jmp.jb = NULL;
+	return false;
+}
+
+/* HMM_DMIRROR_RELEASE calls started (odd bit: one is running). */
+static unsigned long release_epoch(struct stress *st)
+{
+	unsigned long done = __atomic_load_n(&st->g->rel_done,
+					     __ATOMIC_SEQ_CST);
+	unsigned long started = __atomic_load_n(&st->g->rel_started,
+						__ATOMIC_SEQ_CST);
+
+	return started << 1 | (started != done);
+}
+
+/* Locked pages of the slot as HMM_DMIRROR_LOCK_QUERY reports them. */
+static long locked_pages(struct worker *wk, char *a)
+{
+	struct hmm_dmirror_cmd cmd = {
+		.addr = (uintptr_t)a, .ptr = (uintptr_t)wk->post,
+		.npages = wk->st->slot_pages,
+	};
+
+	if (ioctl(wk->fd, HMM_DMIRROR_LOCK_QUERY, &cmd))
+		return -errno;
+	return cmd.faults;
+}
+
+/*
+ * Lock the slot to device memory: the CPU must get SIGBUS, the device
+ * still reads the data, LOCK_QUERY sees every page locked until UNLOCK.
+ * Every check is exact unless an HMM_DMIRROR_RELEASE ran meanwhile (it
+ * evicts locked pages too).  Coherent memory refuses with EOPNOTSUPP;
+ * shmem with EFAULT (see below).
+ */
+static int op_lock(struct worker *wk, unsigned long slot)
+{
+	struct stress *st = wk->st;
+	unsigned long np = st->slot_pages, i, on = 0, epoch;
+	char *a = slot_addr(st, slot);
+	uint64_t n = 0;
+	long q;
+	int ret;
+
+	if (!st->private_dev) {
+		ret = dmirror(wk->fd, HMM_DMIRROR_LOCK, a, NULL, np, NULL);
+		if (ret != -EOPNOTSUPP ||
+		    locked_pages(wk, a) != -EOPNOTSUPP)
+			fail(st, "HMM_DMIRROR_LOCK on coherent memory: %s",
+			     ret ? strerror(-ret) : "succeeded");
+		return ret;
+	}
+	epoch = release_epoch(st);
+	ret = dmirror(wk->fd, HMM_DMIRROR_MIGRATE_TO_DEV, a, wk->buf, np, NULL);
+	if (!err_in(ret, ok_to_dev))
+		fail(st, "MIGRATE_TO_DEV slot %lu: %s", slot, strerror(-ret));
+	if (snap(wk, a, np, wk->pre))
+		for (i = 0; i < np; i++)
+			on += state_on_dev(wk->pre[i]);
+	ret = dmirror(wk->fd, HMM_DMIRROR_LOCK, a, NULL, np, NULL);
+	if (ret) {
+		/*
+		 * Only pages all in our memory can be locked, and only through
+		 * page tables: shmem pages in device memory are in the page
+		 * cache only, so shmem always gets EFAULT.
+		 */
+		if (ret != -EFAULT || (on == np && epoch == release_epoch(st) &&
+				       st->backing != B_SHMEM))
+			fail(st, "HMM_DMIRROR_LOCK slot %lu, %lu of %lu pages on the device: %s",
+			     slot, on, np, strerror(-ret));
+		return ret;
+	}
+	if (on != np && epoch == release_epoch(st))
+		fail(st, "HMM_DMIRROR_LOCK slot %lu succeeded with %lu of %lu pages on the device",
+		     slot, on, np);
+	__sync_fetch_and_add(&st->g->locked, np);
+	q = locked_pages(wk, a);
+	if (cpu_read_sigbus((uint64_t *)(a + (rnd_next(&wk->rnd) % np) * PAGE)))
+		__sync_fetch_and_add(&st->g->sigbus, 1);
+	else if (epoch == release_epoch(st))
+		fail(st, "CPU read of locked slot %lu: no SIGBUS", slot);
+	if (q != (long)np && epoch == release_epoch(st))
+		fail(st, "HMM_DMIRROR_LOCK_QUERY slot %lu: %ld of %lu locked",
+		     slot, q, np);
+	op_dev_read(wk, slot);
+	if (dmirror(wk->fd, HMM_DMIRROR_UNLOCK, a, NULL, np, &n) ||
+	    (n != np && epoch == release_epoch(st)))
+		fail(st, "HMM_DMIRROR_UNLOCK slot %lu: %llu of %lu unlocked",
+		     slot, (unsigned long long)n, np);
+	q = locked_pages(wk, a);
+	if (q)
+		fail(st, "HMM_DMIRROR_LOCK_QUERY slot %lu after unlock: %ld locked",
+		     slot, q);
+	return 0;
 }
 
 /*
@@ -476,7 +819,7 @@ static void op_mprotect(struct worker *wk, unsigned long slot)
  * the fork, from the CPU and through its own device file; the parent's
  * copy is checked by the caller's next operations.
  */
-static void op_fork(struct worker *wk, unsigned long slot)
+static int op_fork(struct worker *wk, unsigned long slot)
 {
 	struct stress *st = wk->st;
 	int status;
@@ -487,7 +830,7 @@ static void op_fork(struct worker *wk, unsigned long slot)
 	pid = fork();
 	if (pid < 0) {
 		fail(st, "fork: %s", strerror(errno));
-		return;
+		return -errno;
 	}
 	if (!pid) {
 		int fd = open(st->devpath, O_RDWR);
@@ -504,16 +847,194 @@ static void op_fork(struct worker *wk, unsigned long slot)
 	    WEXITSTATUS(status))
 		fail(st, "forked child checking slot %lu: status %#x", slot,
 		     status);
+	return 0;
 }
 
-static void op_release(struct worker *wk)
+static int op_release(struct worker *wk)
 {
-	int ret = dmirror(wk->fd, HMM_DMIRROR_RELEASE, wk->st->base, NULL, 1,
-			  NULL);
+	struct stress *st = wk->st;
+	int ret;
 
+	__sync_fetch_and_add(&st->g->rel_started, 1);
+	ret = dmirror(wk->fd, HMM_DMIRROR_RELEASE, st->base, NULL, 1, NULL);
+	__sync_fetch_and_add(&st->g->rel_done, 1);
 	if (!err_in(ret, ok_release))
-		fail(wk->st, "HMM_DMIRROR_RELEASE: %s", strerror(-ret));
+		fail(st, "HMM_DMIRROR_RELEASE: %s", strerror(-ret));
+	return ret;
 }
+
+/* ------------------------------------------------------------------ */
+/* The lock-free region: one writer per word, no slot lock. */
+
+/* What word @i of the region holds after its writer's store number @seq. */
+static uint64_t lf_value(unsigned long i, uint32_t seq)
+{
+	return seq ? (uint64_t)(i + 1) << 32 | seq : 0;
+}
+
+/* Writer (0 .. lf_nwriters - 1) of word @w of page @p. */
+static int lf_owner(struct stress *st, unsigned long p, unsigned long w)
+{
+	return (p + w) % st->lf_nwriters;
+}
+
+struct lf_writer {
+	struct stress	*st;
+	int		idx;		/* among all writers of the region */
+	uint64_t	rnd;
+	uint32_t	*last;		/* per word: last store number */
+	unsigned long	stores, raced;
+	pthread_barrier_t *start;	/* all threads created */
+};
+
+/*
+ * Store to our words of one page after another; each store first checks
+ * that the word still holds our previous value: a migration that copied
+ * the page before our store reached it and then mapped the copy would
+ * lose it.  Stores made while a migration of the region is in flight are
+ * counted, to show that the race took place.
+ */
+static void *lf_writer_main(void *arg)
+{
+	struct lf_writer *lw = arg;
+	struct stress *st = lw->st;
+
+	pthread_barrier_wait(lw->start);
+	unsigned long n = 0;
+
+	while (time(NULL) < st->deadline && !st->sh->errors) {
+		unsigned long p = rnd_next(&lw->rnd) % st->lf_pages, w;
+		uint64_t *q = (uint64_t *)(st->lf + p * PAGE);
+
+		for (w = 0; w < WORDS; w++) {
+			unsigned long i = p * WORDS + w;
+			uint64_t v;
+
+			if (lf_owner(st, p, w) != lw->idx)
+				continue;
+			v = __atomic_load_n(&q[w], __ATOMIC_RELAXED);
+			if (v != lf_value(i, lw->last[i])) {
+				fail(st, "lock-free page %lu word %lu: %#llx, stored %#llx",
+				     p, w, (unsigned long long)v,
+				     (unsigned long long)lf_value(i, lw->last[i]));
+				return NULL;
+			}
+			__atomic_store_n(&q[w], lf_value(i, ++lw->last[i]),
+					 __ATOMIC_RELAXED);
+			lw->stores++;
+			if (__atomic_load_n(&st->sh->lf_inflight,
+					    __ATOMIC_RELAXED))
+				lw->raced++;
+		}
+		/*
+		 * Leave most of the CPUs to the migrating threads, and now
+		 * and then a quiet while in which migrations to the device
+		 * can stay there long enough to be migrated back.
+		 */
+		usleep(++n % 32 ? 100 : 2000);
+	}
+	return NULL;
+}
+
+/* Every word of @buf (the whole region) is zero or carries its index. */
+static void lf_check_tags(struct stress *st, const uint64_t *buf,
+			  unsigned long first, unsigned long npages)
+{
+	unsigned long i;
+
+	for (i = 0; i < npages * WORDS; i++) {
+		unsigned long idx = first * WORDS + i;
+
+		if (buf[i] && buf[i] >> 32 != idx + 1) {
+			fail(st, "lock-free page %lu word %lu read by the device as %#llx",
+			     idx / WORDS, idx % WORDS,
+			     (unsigned long long)buf[i]);
+			return;
+		}
+	}
+}
+
+/*
+ * Migrate the whole region or one page of it, while the writers store.
+ * MIGRATE_TO_DEV hands back what it moved, in which every word must at
+ * least be one its writer stored there.
+ */
+static int lf_migrate(struct worker *wk, unsigned long first,
+		      unsigned long np, bool to_dev, bool pre)
+{
+	struct stress *st = wk->st;
+	unsigned long *count = to_dev ? &st->g->lf_moved_dev :
+					&st->g->lf_moved_sys;
+	char *a = st->lf + first * PAGE;
+	int ret;
+
+	__sync_fetch_and_add(&st->sh->lf_inflight, 1);
+	ret = dmirror(wk->fd, to_dev ? HMM_DMIRROR_MIGRATE_TO_DEV :
+		      HMM_DMIRROR_MIGRATE_TO_SYS, a, wk->buf, np, NULL);
+	__sync_fetch_and_sub(&st->sh->lf_inflight, 1);
+	__sync_fetch_and_add(to_dev ? &st->g->lf_tried_dev :
+			     &st->g->lf_tried_sys, np);
+	if (!err_in(ret, to_dev ? ok_to_dev : ok_none)) {
+		fail(st, "lock-free MIGRATE_TO_%s: %s", to_dev ? "DEV" : "SYS",
+		     strerror(-ret));
+		return ret;
+	}
+	if (!ret && to_dev)
+		lf_check_tags(st, (uint64_t *)wk->buf, first, np);
+	if (pre && (!ret || ret == -ENOENT))
+		__sync_fetch_and_add(count, moved(wk, a, np, to_dev,
+						  &st->g->thp_moved));
+	return ret;
+}
+
+/* As op_to_sys(), the way back starts with the way there if need be. */
+static int op_lf_migrate(struct worker *wk, bool to_dev)
+{
+	struct stress *st = wk->st;
+	unsigned long first = 0, np = st->lf_pages;
+	char *a;
+	bool pre;
+
+	if (rnd_next(&wk->rnd) % 2) {
+		first = rnd_next(&wk->rnd) % np;
+		np = 1;
+	}
+	a = st->lf + first * PAGE;
+	pre = snap(wk, a, np, wk->pre);
+	if (!to_dev && pre && !pre_on_dev(wk, np)) {
+		lf_migrate(wk, first, np, true, pre);
+		pre = snap(wk, a, np, wk->pre);
+	}
+	return lf_migrate(wk, first, np, to_dev, pre);
+}
+
+/* After the race: every word holds the last value its writer stored. */
+static void lf_final_check(struct stress *st, struct lf_writer *lw, int n,
+			   const uint64_t *dev)
+{
+	unsigned long i;
+	int k;
+
+	for (k = 0; k < n; k++) {
+		for (i = 0; i < st->lf_pages * WORDS; i++) {
+			uint64_t want = lf_value(i, lw[k].last[i]);
+			uint64_t cpu = ((uint64_t *)st->lf)[i];
+
+			if (lf_owner(st, i / WORDS, i % WORDS) != lw[k].idx)
+				continue;
+			if (cpu != want || dev[i] != want) {
+				fail(st, "lock-free page %lu word %lu: %#llx/%#llx, stored %#llx",
+				     i / WORDS, i % WORDS,
+				     (unsigned long long)cpu,
+				     (unsigned long long)dev[i],
+				     (unsigned long long)want);
+				return;
+			}
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
 
 static enum op pick_op(struct worker *wk)
 {
@@ -527,49 +1048,58 @@ static enum op pick_op(struct worker *wk)
 	return op;
 }
 
-static void do_op(struct worker *wk, enum op which, unsigned long slot)
+static int do_op(struct worker *wk, enum op which, unsigned long slot)
 {
 	struct stress *st = wk->st;
 
 	switch (which) {
 	case OP_CPU_WRITE:
+		return op_write(wk, slot, BY_CPU);
 	case OP_DEV_WRITE:
-		op_write(wk, slot, which == OP_DEV_WRITE);
-		break;
+		return op_write(wk, slot, BY_DEV);
+	case OP_DMA_WRITE:
+		return op_write(wk, slot, BY_DMA);
 	case OP_CPU_READ:
 		check_slot(st, slot, slot_addr(st, slot), "cpu read");
-		break;
+		return 0;
 	case OP_DEV_READ:
-		op_dev_read(wk, slot);
-		break;
+		return op_dev_read(wk, slot);
+	case OP_DMA_READ:
+		return op_dma_read(wk, slot);
 	case OP_TO_DEV:
-		op_to_dev(wk, slot);
-		break;
+		return op_to_dev(wk, slot);
 	case OP_TO_SYS:
-		op_to_sys(wk, slot);
-		break;
+		return op_to_sys(wk, slot);
 	case OP_DONTNEED:
-		op_dontneed(wk, slot);
-		break;
+		return op_dontneed(wk, slot);
 	case OP_REMAP:
-		op_remap(wk, slot);
-		break;
+		return op_remap(wk, slot);
 	case OP_MPROTECT:
-		op_mprotect(wk, slot);
-		break;
+		return op_mprotect(wk, slot);
+	case OP_LOCK:
+		return op_lock(wk, slot);
+	case OP_LF_TO_DEV:
+	case OP_LF_TO_SYS:
+		return op_lf_migrate(wk, which == OP_LF_TO_DEV);
 	case OP_FORK:
-		op_fork(wk, slot);
-		break;
+		return op_fork(wk, slot);
 	default:
-		op_release(wk);
-		break;
+		return op_release(wk);
 	}
 }
 
+/* Operations that change content or mappings take the slot exclusively. */
 static bool op_changes_slot(enum op op)
 {
 	return op == OP_CPU_WRITE || op == OP_DEV_WRITE ||
-	       op == OP_DONTNEED || op == OP_REMAP || op == OP_MPROTECT;
+	       op == OP_DMA_WRITE || op == OP_DONTNEED || op == OP_REMAP ||
+	       op == OP_MPROTECT || op == OP_LOCK;
+}
+
+/* Release and the lock-free region take no slot lock at all. */
+static bool op_lockless(enum op op)
+{
+	return op == OP_RELEASE || op == OP_LF_TO_DEV || op == OP_LF_TO_SYS;
 }
 
 static void *worker_main(void *arg)
@@ -577,21 +1107,31 @@ static void *worker_main(void *arg)
 	struct worker *wk = arg;
 	struct stress *st = wk->st;
 
+	pthread_barrier_wait(wk->start);
 	while (time(NULL) < st->deadline && !st->sh->errors) {
-		enum op op = pick_op(wk);
+		/*
+		 * Every worker starts with a round trip of a slot and of the
+		 * lock-free region, so that even a slow kernel, which runs few
+		 * operations, tries both ways.
+		 */
+		enum op op = !wk->ops[OP_TO_SYS] ? OP_TO_SYS :
+			     !wk->ops[OP_LF_TO_SYS] ? OP_LF_TO_SYS :
+			     pick_op(wk);
 		unsigned long slot = rnd_next(&wk->rnd) % st->nslots;
 		pthread_rwlock_t *lock = &st->sh->lock[slot];
+		int ret;
 
-		if (op == OP_RELEASE) {
-			do_op(wk, op, 0);
+		if (op_lockless(op)) {
+			ret = do_op(wk, op, 0);
 		} else {
 			if (op_changes_slot(op))
 				pthread_rwlock_wrlock(lock);
 			else
 				pthread_rwlock_rdlock(lock);
-			do_op(wk, op, slot);
+			ret = do_op(wk, op, slot);
 			pthread_rwlock_unlock(lock);
 		}
+		tally(st, op, ret);
 		wk->ops[op]++;
 	}
 	return NULL;
@@ -612,29 +1152,125 @@ static void final_check(struct stress *st, int fd, char *buf)
 	}
 }
 
-static int stress_proc(struct stress *st)
+/* AnonHugePages of this process's mappings that overlap [@p, @p + @len). */
+static long smaps_thp_kb(const void *p, size_t len)
 {
-	struct worker wk[MAX_THREADS];
-	pthread_t tid[MAX_THREADS];
+	uintptr_t start = (uintptr_t)p, end = start + len;
+	unsigned long lo, hi;
+	bool in = false;
+	char line[256];
+	long kb = 0, v;
+	FILE *f = fopen("/proc/self/smaps", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2)
+			in = lo < end && hi > start;
+		else if (in && sscanf(line, "AnonHugePages: %ld kB", &v) == 1)
+			kb += v;
+	}
+	fclose(f);
+	return kb;
+}
+
+/* @len bytes at a huge page boundary, madvised for THP; NULL on failure. */
+static char *map_thp(size_t len)
+{
+	char *p = mmap(NULL, len + THP_SIZE, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	p = (char *)(((uintptr_t)p + THP_SIZE - 1) & ~(THP_SIZE - 1));
+	if (madvise(p, len, MADV_HUGEPAGE))
+		return NULL;
+	return p;
+}
+
+/*
+ * Map the slots and the lock-free region (after the slots in the memfd
+ * for shmem); THP ranges start on a huge page boundary.
+ */
+static int map_all(struct stress *st)
+{
 	size_t len = st->nslots * slot_bytes(st);
-	int t, op, fd;
+	size_t lf_len = st->lf_pages * PAGE;
 
 	if (st->backing == B_THP) {
-		/* Over-map so the range can start on a huge page boundary. */
-		char *p = mmap(NULL, len + THP_SIZE, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-		if (p == MAP_FAILED)
-			return 1;
-		st->base = (char *)(((uintptr_t)p + THP_SIZE - 1) &
-				    ~(THP_SIZE - 1));
-		madvise(st->base, len, MADV_HUGEPAGE);
-	} else {
-		st->base = map_range(st, NULL, len, 0);
-		if (st->base == MAP_FAILED)
-			return 1;
+		st->base = map_thp(len);
+		st->lf = map_thp(lf_len);
+		return st->base && st->lf ? 0 : -1;
 	}
+	st->base = map_range(st, NULL, len, 0);
+	if (st->base == MAP_FAILED)
+		return -1;
+	st->lf = map_range(st, NULL, lf_len, len);
+	return st->lf == MAP_FAILED ? -1 : 0;
+}
 
+/*
+ * Populate the range before the race: for THP, so that every slot starts
+ * as a huge page, which /proc/self/smaps must confirm; for -B, so that
+ * all of it goes to device memory at once.
+ */
+static int prefill(struct stress *st, struct worker *wk)
+{
+	size_t len = st->nslots * slot_bytes(st);
+	unsigned long slot;
+	time_t t0;
+	long kb;
+
+	if (st->backing != B_SHMEM)
+		memset(st->lf, 0, st->lf_pages * PAGE);
+	if (st->backing != B_THP && !st->big)
+		return 0;
+	for (slot = 0; slot < st->nslots; slot++)
+		op_write(wk, slot, BY_CPU);
+	if (st->backing == B_THP) {
+		kb = smaps_thp_kb(st->base, len) +
+		     smaps_thp_kb(st->lf, st->lf_pages * PAGE);
+		ksft_print_msg("proc %d: AnonHugePages %ld kB of %zu kB\n",
+			       st->proc, kb, (len + st->lf_pages * PAGE) >> 10);
+		if (kb < (long)((len + st->lf_pages * PAGE) >> 10)) {
+			fail(st, "only %ld kB of the THP range in huge pages",
+			     kb);
+			return -1;
+		}
+	}
+	if (!st->big)
+		return 0;
+	t0 = time(NULL);
+	for (slot = 0; slot < st->nslots; slot++) {
+		if (op_to_dev(wk, slot)) {
+			fail(st, "moving slot %lu to the device failed", slot);
+			return -1;
+		}
+	}
+	ksft_print_msg("whole range in device memory in %ld s: %ld pages in %ld chunks\n",
+		       (long)(time(NULL) - t0),
+		       dev_attr_read(st->devpath, "devmem_used"),
+		       dev_attr_read(st->devpath, "devmem_chunks"));
+	/* The race gets its full time after the fill. */
+	st->deadline = time(NULL) + st->seconds;
+	return 0;
+}
+
+static int stress_proc(struct stress *st)
+{
+	struct lf_writer lw[LF_WRITERS];
+	pthread_t lwt[LF_WRITERS];
+	struct worker wk[MAX_THREADS];
+	pthread_t tid[MAX_THREADS];
+	unsigned long maxp = st->slot_pages > st->lf_pages ?
+			     st->slot_pages : st->lf_pages;
+	struct sigaction sa = { .sa_sigaction = on_sigbus,
+				.sa_flags = SA_SIGINFO | SA_NODEFER };
+	pthread_barrier_t start;
+	int t, op, fd;
+
+	if (map_all(st) || sigaction(SIGBUS, &sa, NULL))
+		return 1;
 	for (t = 0; t < st->nthreads; t++) {
 		wk[t] = (struct worker){
 			.st = st,
@@ -643,18 +1279,57 @@ static int stress_proc(struct stress *st)
 			       ((uint64_t)t << 32),
 		};
 		wk[t].fd = open(st->devpath, O_RDWR);
-		wk[t].buf = malloc(slot_bytes(st));
-		if (wk[t].fd < 0 || !wk[t].buf)
+		wk[t].buf = malloc(maxp * PAGE);
+		wk[t].pre = malloc(maxp);
+		wk[t].post = malloc(maxp);
+		if (wk[t].fd < 0 || !wk[t].buf || !wk[t].pre || !wk[t].post)
 			return 1;
+	}
+	if (prefill(st, &wk[0]))
+		return 0;	/* failure recorded by fail() */
+	/*
+	 * Everything is allocated before the first thread starts: op_remap()
+	 * leaves a hole in the range for a moment, and a mapping made then
+	 * (a large malloc()) could land in it and be mapped over.
+	 */
+	for (t = 0; t < LF_WRITERS; t++) {
+		int idx = st->shared_data ? st->proc * LF_WRITERS + t : t;
+
+		lw[t] = (struct lf_writer){
+			.st = st, .idx = idx,
+			.rnd = st->seed ^ ((uint64_t)(idx + 1) << 48),
+			.last = calloc(st->lf_pages * WORDS, sizeof(uint32_t)),
+		};
+		if (!lw[t].last)
+			return 1;
+	}
+	pthread_barrier_init(&start, NULL, st->nthreads + LF_WRITERS + 1);
+	for (t = 0; t < st->nthreads; t++) {
+		wk[t].start = &start;
 		pthread_create(&tid[t], NULL, worker_main, &wk[t]);
 	}
+	for (t = 0; t < LF_WRITERS; t++) {
+		lw[t].start = &start;
+		pthread_create(&lwt[t], NULL, lf_writer_main, &lw[t]);
+	}
+	pthread_barrier_wait(&start);
 	for (t = 0; t < st->nthreads; t++)
 		pthread_join(tid[t], NULL);
+	for (t = 0; t < LF_WRITERS; t++) {
+		pthread_join(lwt[t], NULL);
+		__sync_fetch_and_add(&st->g->lf_stores, lw[t].stores);
+		__sync_fetch_and_add(&st->g->lf_raced, lw[t].raced);
+	}
 
 	fd = open(st->devpath, O_RDWR);
 	if (fd < 0)
 		return 1;
 	final_check(st, fd, wk[0].buf);
+	if (dmirror_retry(fd, HMM_DMIRROR_READ, st->lf, wk[0].buf,
+			  st->lf_pages, &st->sh->busy))
+		fail(st, "final device read of the lock-free region");
+	else if (!st->sh->errors)
+		lf_final_check(st, lw, LF_WRITERS, (uint64_t *)wk[0].buf);
 	close(fd);
 	for (t = 0; t < st->nthreads; t++) {
 		for (op = 0; op < OP_NR; op++)
@@ -684,6 +1359,114 @@ static struct shared *shared_new(struct stress *st)
 	return sh;
 }
 
+/* "name ok N, EBUSY N, ..." for each operation that ran. */
+static void print_outcomes(struct shared *g)
+{
+	char line[512];
+	int op, e, n;
+
+	for (op = 0; op < OP_NR; op++) {
+		n = 0;
+		for (e = 0; e < NERR; e++) {
+			const char *name = e ? strerrorname_np(e) : "ok";
+			char num[16];
+
+			if (!g->outcome[op][e])
+				continue;
+			if (!name) {
+				snprintf(num, sizeof(num), "E%d", e);
+				name = num;
+			}
+			n += snprintf(line + n, sizeof(line) - n, "%s %s %lu",
+				      n ? "," : "", name, g->outcome[op][e]);
+		}
+		if (n)
+			ksft_print_msg("%s:%s\n", op_names[op], line);
+	}
+}
+
+/*
+ * Floors that prove the races happened, as a share of the pages the
+ * migrations asked for: a share rather than a rate, because the rate
+ * follows the load of the shared host (6x fewer operations at a load of
+ * 17 on 2 CPUs than idle) while the share does not.  Measured on the
+ * normal kernel under that load: 45-86% of the pages asked for reached
+ * the device, 9-21% went back through MIGRATE_TO_SYS (most come back
+ * earlier, through CPU faults, which are not counted), and for the
+ * lock-free region 14-85% and 6-26%.  The floors, 1/8 to the device and
+ * 1/64 back and for the lock-free region, sit several times below the
+ * lowest of these, yet a run whose migrations keep failing (ENOENT,
+ * ENOMEM) or move nothing falls under them.  The lock-free region must
+ * also have had stores land while a migration of it was in flight, and
+ * the THP case must have migrated PMD-mapped pages.  Every worker starts
+ * with a round trip, so both ways are tried even where a slow kernel (the
+ * debug one: 8-100 operations in 4 s) runs few operations; the region's
+ * requirements apply once it was tried (THP on the debug kernel may run
+ * nothing but the slots' round trips).  Each lock is checked where it is
+ * taken (SIGBUS, LOCK_QUERY).
+ */
+static int check_floors(struct stress *st, char *why, size_t whylen)
+{
+	struct shared *g = st->g;
+	/* At least one page once anything was tried. */
+	unsigned long f_dev = (g->tried_dev + 7) / 8;
+	unsigned long f_sys = (g->tried_sys + 63) / 64;
+	unsigned long f_lf_dev = (g->lf_tried_dev + 63) / 64;
+	unsigned long f_lf_sys = (g->lf_tried_sys + 63) / 64;
+
+	ksft_print_msg("pages moved to device / system %lu / %lu of %lu / %lu (floors %lu / %lu)\n",
+		       g->moved_dev, g->moved_sys, g->tried_dev, g->tried_sys,
+		       f_dev, f_sys);
+	ksft_print_msg("lock-free region %lu / %lu of %lu / %lu (floors %lu / %lu)\n",
+		       g->lf_moved_dev, g->lf_moved_sys, g->lf_tried_dev,
+		       g->lf_tried_sys, f_lf_dev, f_lf_sys);
+	ksft_print_msg("%lu of the pages moved were PMD-mapped\n", g->thp_moved);
+	ksft_print_msg("lock-free stores %lu, %lu while the region migrated\n",
+		       g->lf_stores, g->lf_raced);
+	ksft_print_msg("%lu pages locked, %lu CPU reads of them got SIGBUS\n",
+		       g->locked, g->sigbus);
+	if (g->moved_dev < f_dev || g->moved_sys < f_sys)
+		return snprintf(why, whylen,
+				"only %lu / %lu pages moved to device / system memory, floors %lu / %lu",
+				g->moved_dev, g->moved_sys, f_dev, f_sys), -1;
+	/* -B: few operations on its large slots, the region is not its point. */
+	if (!st->big &&
+	    (g->lf_moved_dev < f_lf_dev || g->lf_moved_sys < f_lf_sys))
+		return snprintf(why, whylen,
+				"lock-free region: only %lu / %lu pages moved, floors %lu / %lu",
+				g->lf_moved_dev, g->lf_moved_sys, f_lf_dev,
+				f_lf_sys), -1;
+	if (!g->lf_raced && g->lf_tried_dev + g->lf_tried_sys)
+		return snprintf(why, whylen,
+				"no lock-free store raced a migration"), -1;
+	if (!g->tried_dev || !g->tried_sys)
+		return snprintf(why, whylen, "no migration tried"), -1;
+	if (st->backing == B_THP && !g->thp_moved)
+		return snprintf(why, whylen, "no huge page migrated"), -1;
+	return 0;
+}
+
+/*
+ * Write every page of the shmem slots before the race: a hole of a shmem
+ * file cannot migrate (MIGRATE_TO_DEV gives ENOENT), and a slow kernel
+ * runs too few operations to fill them itself.
+ */
+static int shmem_prefill(struct stress *st, struct shared *sh)
+{
+	const struct expect e = { .writer = MAX_PROCS * MAX_THREADS + 1,
+				  .gen = 1 };
+	unsigned long i;
+	char page[PAGE];
+
+	for (i = 0; i < st->nslots * st->slot_pages; i++) {
+		fill_page(page, e, i);
+		if (pwrite(st->memfd, page, PAGE, i * PAGE) != PAGE)
+			return -1;
+		sh->exp[i] = e;
+	}
+	return 0;
+}
+
 /*
  * Private data: every process races on its own copy, with its own slot
  * locks.  Shmem: all processes share the file, the locks and the
@@ -699,11 +1482,15 @@ static int stress_run(struct stress *st, char *why, size_t whylen)
 	int op, n = 0;
 
 	st->shared_data = st->backing == B_SHMEM;
+	st->lf_pages = st->backing == B_THP ? THP_SIZE / PAGE : 16;
+	st->lf_nwriters = st->shared_data ? st->nprocs * LF_WRITERS :
+					    LF_WRITERS;
 	st->memfd = -1;
 	if (st->shared_data) {
 		st->memfd = memfd_create("hmm-stress", 0);
 		if (st->memfd < 0 ||
-		    ftruncate(st->memfd, st->nslots * slot_bytes(st)))
+		    ftruncate(st->memfd, st->nslots * slot_bytes(st) +
+			      st->lf_pages * PAGE))
 			return snprintf(why, whylen, "memfd: %s",
 					strerror(errno)), -1;
 	}
@@ -712,7 +1499,11 @@ static int stress_run(struct stress *st, char *why, size_t whylen)
 		if (!own[p])
 			return snprintf(why, whylen, "no memory"), -1;
 	}
+	st->g = own[0];
+	if (st->shared_data && shmem_prefill(st, own[0]))
+		return snprintf(why, whylen, "memfd: %s", strerror(errno)), -1;
 	for (p = 0; p < st->nprocs; p++) {
+		fflush(stdout);
 		pid[p] = fork();
 		if (!pid[p]) {
 			st->proc = p;
@@ -749,10 +1540,13 @@ static int stress_run(struct stress *st, char *why, size_t whylen)
 			      op_names[op], c);
 	}
 	ksft_print_msg("%lu operations:%s\n", total, ops);
+	print_outcomes(st->g);
 	for (p = 0, total = 0; p < st->nprocs; p++)
 		if (!p || !st->shared_data)
 			total += own[p]->busy;
 	ksft_print_msg("%lu device accesses retried after EBUSY\n", total);
+	if (!bad && check_floors(st, why, whylen))
+		bad = 1;
 	if (st->memfd >= 0)
 		close(st->memfd);
 	return bad ? -1 : 0;
@@ -783,38 +1577,71 @@ static int check_device_idle(const char *devpath, char *why, size_t whylen)
 
 static const char *const backing_names[] = { "4k", "thp", "shmem" };
 
+/* THP "never" (or no THP at all): the THP case has nothing to test. */
+static bool thp_unavailable(void)
+{
+	char mode[128] = "";
+	int fd = open("/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY);
+
+	if (fd < 0)
+		return true;
+	if (read(fd, mode, sizeof(mode) - 1) < 0)
+		mode[0] = 0;
+	close(fd);
+	return !!strstr(mode, "[never]");
+}
+
+/* @mib: 0 for the normal cases, else the range size of the -B case. */
 static void test_stress(const char *devpath, enum backing b, int seconds,
-			uint64_t seed, int nprocs, int nthreads)
+			uint64_t seed, int nprocs, int nthreads,
+			unsigned long mib)
 {
 	struct stress st = {
 		.backing = b, .devpath = devpath, .seed = seed,
-		.nprocs = nprocs, .nthreads = nthreads,
+		.nprocs = nprocs, .nthreads = nthreads, .seconds = seconds,
+		.private_dev = !strcmp(devpath, "/dev/hmm_dmirror0"),
+		.big = mib > 0,
 	};
 	const char *dev = strrchr(devpath, '/') + 1;
+	const char *name = st.big ? "big_4k" : backing_names[b];
 	char why[512] = "";
 	long free0, free1;
+	int i;
 
+	if (b == B_THP && thp_unavailable()) {
+		ksft_test_result_skip("stress_%s_%s: THP disabled\n", name, dev);
+		return;
+	}
 	st.slot_pages = b == B_THP ? THP_SIZE / PAGE : 16;
 	st.nslots = b == B_THP ? 4 : 64;
+	if (st.big)
+		st.slot_pages = (mib << 20) / PAGE / st.nslots;
 	st.deadline = time(NULL) + seconds;
 	free0 = mem_counter("MemFree");
 	if (stress_run(&st, why, sizeof(why)) ||
 	    check_device_idle(devpath, why, sizeof(why))) {
-		ksft_test_result_fail("stress_%s_%s: %s\n", backing_names[b],
-				      dev, why);
+		ksft_test_result_fail("stress_%s_%s: %s\n", name, dev, why);
 		return;
 	}
-	/* Device private pages keep their data in system pages; all freed. */
-	free1 = mem_counter("MemFree");
-	ksft_print_msg("MemFree before %ld kB, after %ld kB\n", free0, free1);
+	/*
+	 * Device private pages keep their data in system pages; all freed,
+	 * which after a large range may take the kernel a moment.
+	 */
+	for (i = 0; i < 30; i++) {
+		free1 = mem_counter("MemFree");
+		if (free1 >= free0 - 32 * 1024)
+			break;
+		usleep(100000);
+	}
+	ksft_print_msg("MemFree before %ld kB, after %ld kB (%d ms later)\n",
+		       free0, free1, i * 100);
 	if (free1 < free0 - 32 * 1024) {
 		ksft_test_result_fail("stress_%s_%s: %ld kB of memory lost\n",
-				      backing_names[b], dev, free0 - free1);
+				      name, dev, free0 - free1);
 		return;
 	}
 	ksft_test_result_pass("stress_%s_%s (%d procs x %d threads, %d s)\n",
-			      backing_names[b], dev, nprocs, nthreads,
-			      seconds);
+			      name, dev, nprocs, nthreads, seconds);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1219,6 +2046,323 @@ out:
 		ksft_test_result_pass("memcg_pressure\n");
 }
 
+#define EV_PAGES	256	/* pages of each file that dies */
+#define EV_SURV		64	/* pages of the file that stays */
+
+/* Handshake of one round, in shared memory. */
+struct ev_sync {
+	int		ready, go;
+	long		on_dev;		/* dying file's pages on the device */
+	uint64_t	t0, t1;		/* the evictor's release / close */
+	int		ret;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+static void spin_ns(uint64_t ns)
+{
+	uint64_t end = now_ns() + ns;
+
+	while (now_ns() < end)
+		;
+}
+
+/*
+ * The evictor: move the files' pages into device memory through our own
+ * device file (so that its close evicts them; the dying file's only if
+ * not @theirs, already moved by the other side), drop every mapping and
+ * descriptor of them, then at the signal evict: HMM_DMIRROR_RELEASE, or
+ * close() of the device file.
+ */
+static int evictor(const char *devpath, int dying, int surv, char *inherited,
+		   struct ev_sync *sy, bool release, bool theirs,
+		   uint64_t delay)
+{
+	const struct expect e = { .writer = 7, .gen = 1 };
+	char *buf = malloc(EV_PAGES * PAGE);
+	int fd = open(devpath, O_RDWR), ret;
+	char *d, *s;
+	long i;
+
+	d = mmap(NULL, EV_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+		 dying, 0);
+	s = mmap(NULL, EV_SURV * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+		 surv, 0);
+	munmap(inherited, EV_PAGES * PAGE);
+	if (fd < 0 || !buf || d == MAP_FAILED || s == MAP_FAILED)
+		return 10;
+	if (!theirs) {
+		ret = dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, d, buf, EV_PAGES,
+			      NULL);
+		if (ret && ret != -ENOENT)
+			return 11;
+		for (i = 0; !ret && i < EV_PAGES; i++)
+			if (check_page(buf + i * PAGE, e, i) >= 0)
+				return 12;
+		sy->on_dev = count_on_device(fd, d, EV_PAGES);
+	}
+	ret = dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, s, buf, EV_SURV, NULL);
+	if (ret && ret != -ENOENT)
+		return 13;
+	munmap(d, EV_PAGES * PAGE);
+	munmap(s, EV_SURV * PAGE);
+	close(dying);
+	close(surv);
+
+	__atomic_store_n(&sy->ready, 1, __ATOMIC_SEQ_CST);
+	while (!__atomic_load_n(&sy->go, __ATOMIC_SEQ_CST))
+		;
+	spin_ns(delay);
+	sy->t0 = now_ns();
+	if (release)
+		sy->ret = dmirror(fd, HMM_DMIRROR_RELEASE, (void *)PAGE, NULL,
+				  1, NULL);
+	else
+		sy->ret = close(fd) ? -errno : 0;
+	sy->t1 = now_ns();
+	return 0;
+}
+
+struct ev_count {
+	unsigned long	rounds[2];	/* close, release */
+	unsigned long	overlapped, on_dev, release_busy, theirs;
+	uint64_t	evict_ns, death_ns;	/* how long each took last */
+};
+
+/* Fill the file's first @npages pages with (@e) patterns through write(). */
+static int file_fill(int fd, unsigned long npages, struct expect e)
+{
+	char page[PAGE];
+	unsigned long i;
+
+	for (i = 0; i < npages; i++) {
+		fill_page(page, e, i);
+		if (pwrite(fd, page, PAGE, i * PAGE) != PAGE)
+			return -1;
+	}
+	return 0;
+}
+
+/* Returns the first of the file's @npages pages that is not @e's, or -1. */
+static long file_check(int fd, unsigned long npages, struct expect e)
+{
+	char page[PAGE];
+	unsigned long i;
+
+	for (i = 0; i < npages; i++)
+		if (pread(fd, page, PAGE, i * PAGE) != PAGE ||
+		    check_page(page, e, i) >= 0)
+			return i;
+	return -1;
+}
+
+/*
+ * One round: a new memfd (the dying file) goes to device memory through
+ * the evictor; we then drop its last descriptor and mapping, so the inode
+ * is evicted and truncated, while the evictor evicts the device memory.
+ * The surviving file, in device memory too, must come back intact.
+ */
+static int evict_round(const char *devpath, int surv, int fd, uint64_t *rnd,
+		       struct ev_sync *sy, struct ev_count *c, char *why)
+{
+	const struct expect de = { .writer = 7, .gen = 1 };
+	struct expect se = { .writer = 8, .gen = c->rounds[0] + c->rounds[1] };
+	bool release = rnd_next(rnd) % 2, munmap_last = rnd_next(rnd) % 2;
+	bool delay_evictor = rnd_next(rnd) % 2;
+	/*
+	 * The side that starts late does so by less than the other one took
+	 * last time, so that the two overlap unless the timing changed.
+	 */
+	uint64_t delay = rnd_next(rnd) % ((delay_evictor ? c->death_ns :
+					    c->evict_ns) + 1), t0, t1;
+	/* RELEASE evicts every page: then we may move the file ourselves. */
+	bool mine = release && rnd_next(rnd) % 2;
+	char *buf = NULL, *rd, *d = MAP_FAILED;
+	int dying, status, ret = -1, r;
+	long n;
+	pid_t pid;
+
+	dying = memfd_create("hmm-stress-dying", 0);
+	if (failed(why, dying >= 0 && !ftruncate(dying, EV_PAGES * PAGE) &&
+		   !file_fill(dying, EV_PAGES, de) &&
+		   !file_fill(surv, EV_SURV, se), "setup: %s", strerror(errno)))
+		goto out;
+	d = mmap(NULL, EV_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+		 dying, 0);
+	if (failed(why, d != MAP_FAILED, "mmap: %s", strerror(errno)))
+		goto out;
+	memset(sy, 0, sizeof(*sy));
+	if (mine) {
+		/* Our mapping then holds the device entries. */
+		buf = malloc(EV_PAGES * PAGE);
+		r = buf ? dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, d, buf,
+				  EV_PAGES, NULL) : -ENOMEM;
+		sy->on_dev = count_on_device(fd, d, EV_PAGES);
+		n = r ? 0 : buffer_check(buf, EV_PAGES, de);
+		free(buf);
+		buf = NULL;
+		if (failed(why, (!r || r == -ENOENT) && n < 0,
+			   "MIGRATE_TO_DEV of the dying file: %s, page %ld",
+			   strerror(-r), n))
+			goto out;
+	}
+	fflush(stdout);
+	pid = fork();
+	if (!pid)
+		_exit(evictor(devpath, dying, surv, d, sy, release, mine,
+			      delay_evictor ? delay : 0));
+	if (failed(why, pid > 0, "fork: %s", strerror(errno)))
+		goto out;
+	while (!__atomic_load_n(&sy->ready, __ATOMIC_SEQ_CST)) {
+		if (waitpid(pid, &status, WNOHANG) == pid) {
+			failed(why, 0, "evictor failed, status %#x", status);
+			goto out;
+		}
+		sched_yield();
+	}
+	__atomic_store_n(&sy->go, 1, __ATOMIC_SEQ_CST);
+	spin_ns(delay_evictor ? 0 : delay);
+	/* Our descriptor and mapping are the file's last references. */
+	t0 = now_ns();
+	if (munmap_last) {
+		close(dying);
+		munmap(d, EV_PAGES * PAGE);
+	} else {
+		munmap(d, EV_PAGES * PAGE);
+		close(dying);
+	}
+	t1 = now_ns();
+	dying = -1;
+	d = MAP_FAILED;
+	if (failed(why, waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+		   !WEXITSTATUS(status), "evictor status %#x", status))
+		goto out;
+	if (failed(why, err_in(sy->ret, ok_release), "eviction: %s",
+		   strerror(-sy->ret)))
+		goto out;
+	c->rounds[release]++;
+	c->theirs += mine;
+	c->release_busy += sy->ret == -EBUSY;
+	c->on_dev += sy->on_dev > 0 ? sy->on_dev : 0;
+	c->overlapped += t0 < sy->t1 && sy->t0 < t1;
+	c->evict_ns = sy->t1 - sy->t0;
+	c->death_ns = t1 - t0;
+
+	/* The survivor: through the page cache and through the device. */
+	n = file_check(surv, EV_SURV, se);
+	if (failed(why, n < 0, "surviving file: page %ld wrong", n))
+		goto out;
+	buf = mmap(NULL, EV_SURV * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   surv, 0);
+	if (failed(why, buf != MAP_FAILED, "mmap: %s", strerror(errno)))
+		goto out;
+	rd = malloc(EV_SURV * PAGE);
+	r = rd ? dmirror(fd, HMM_DMIRROR_READ, buf, rd, EV_SURV, NULL) :
+		 -ENOMEM;
+	n = r ? 0 : buffer_check(rd, EV_SURV, se);
+	free(rd);
+	munmap(buf, EV_SURV * PAGE);
+	if (failed(why, !r && n < 0,
+		   "surviving file through the device: %s, page %ld",
+		   strerror(-r), n))
+		goto out;
+	/* Every device page freed: the dead file's, the evicted survivor's. */
+	for (n = 0; n < 200 && dev_attr_read(devpath, "devmem_used"); n++)
+		usleep(10000);
+	if (failed(why, !dev_attr_read(devpath, "devmem_used"),
+		   "%ld device pages in use after the round",
+		   dev_attr_read(devpath, "devmem_used")))
+		goto out;
+	ret = 0;
+out:
+	if (d != MAP_FAILED)
+		munmap(d, EV_PAGES * PAGE);
+	if (dying >= 0)
+		close(dying);
+	return ret;
+}
+
+/*
+ * Issue 17 item 1: device memory holding pages of a shmem file is evicted
+ * (HMM_DMIRROR_RELEASE, or close() of the device file that allocated
+ * them) while the file's last descriptor and mapping go away, so that its
+ * inode is evicted and truncated under the eviction.  Each round has a
+ * random lead for one side, sweeping the window; the rounds whose two
+ * intervals overlapped are counted and at least one must have.  The file
+ * that stays alive is checked after every round, and all device memory
+ * must be free again.  On a kernel where eviction does not pin the
+ * mapping, KASAN reports a use-after-free of the shmem inode.
+ */
+static void test_shmem_evict(const char *devpath, int seconds, uint64_t seed)
+{
+	const char *dev = strrchr(devpath, '/') + 1;
+	time_t deadline = time(NULL) + seconds;
+	struct ev_count c = {};
+	struct ev_sync *sy;
+	unsigned long rounds;
+	char why[256] = "";
+	uint64_t rnd = seed;
+	int surv, fd;
+
+	sy = mmap(NULL, sizeof(*sy), PROT_READ | PROT_WRITE,
+		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	surv = memfd_create("hmm-stress-survivor", 0);
+	fd = open(devpath, O_RDWR);
+	if (failed(why, sy != MAP_FAILED && surv >= 0 && fd >= 0 &&
+		   !ftruncate(surv, EV_SURV * PAGE), "setup: %s",
+		   strerror(errno)))
+		goto out;
+	/* A slow kernel gets a few rounds more than its share of time. */
+	while ((time(NULL) < deadline || c.rounds[0] + c.rounds[1] < 10) &&
+	       !evict_round(devpath, surv, fd, &rnd, sy, &c, why))
+		;
+	rounds = c.rounds[0] + c.rounds[1];
+	ksft_print_msg("shmem_evict: %lu rounds: %lu close, %lu release (%lu EBUSY)\n",
+		       rounds, c.rounds[0], c.rounds[1], c.release_busy);
+	ksft_print_msg("shmem_evict: %lu with the dying file mapped to the device\n",
+		       c.theirs);
+	ksft_print_msg("shmem_evict: %lu dying pages on the device, %lu rounds overlapped\n",
+		       c.on_dev, c.overlapped);
+	if (why[0])
+		goto out;
+	if (failed(why, c.on_dev >= rounds * EV_PAGES / 2,
+		   "%lu rounds, %lu pages on the device", rounds, c.on_dev))
+		goto out;
+	failed(why, c.overlapped > 0, "no eviction overlapped an inode's death");
+out:
+	if (fd >= 0)
+		close(fd);
+	if (surv >= 0)
+		close(surv);
+	if (!why[0])
+		check_device_idle(devpath, why, sizeof(why));
+	if (why[0])
+		ksft_test_result_fail("shmem_evict_%s: %s\n", dev, why);
+	else
+		ksft_test_result_pass("shmem_evict_%s (%d s)\n", dev, seconds);
+}
+
+static bool cmdline_has(const char *word)
+{
+	char line[4096] = "";
+	int fd = open("/proc/cmdline", O_RDONLY);
+	ssize_t n;
+
+	if (fd < 0)
+		return false;
+	n = read(fd, line, sizeof(line) - 1);
+	close(fd);
+	if (n > 0)
+		line[n] = 0;
+	return !!strstr(line, word);
+}
+
 int main(int argc, char **argv)
 {
 	static const char *const devs[] = {
@@ -1226,8 +2370,10 @@ int main(int argc, char **argv)
 	};
 	int seconds = 60, nprocs = 3, nthreads = 4, ncases, opt, d, ndevs;
 	uint64_t seed = time(NULL);
+	unsigned long big = 0;
+	int share;
 
-	while ((opt = getopt(argc, argv, "s:S:p:t:")) != -1) {
+	while ((opt = getopt(argc, argv, "s:S:p:t:B:")) != -1) {
 		switch (opt) {
 		case 's':
 			seconds = atoi(optarg);
@@ -1241,16 +2387,19 @@ int main(int argc, char **argv)
 		case 't':
 			nthreads = atoi(optarg);
 			break;
+		case 'B':
+			big = strtoul(optarg, NULL, 0);
+			break;
 		default:
 			fprintf(stderr,
-				"usage: %s [-s secs] [-S seed] [-p procs] [-t threads]\n",
+				"usage: %s [-s secs] [-S seed] [-p procs] [-t threads] [-B MiB]\n",
 				argv[0]);
 			return KSFT_FAIL;
 		}
 	}
 	if (nprocs < 1 || nprocs > MAX_PROCS || nthreads < 1 ||
-	    nthreads > MAX_THREADS || seconds < 1) {
-		fprintf(stderr, "1-%d processes, 1-%d threads, seconds > 0\n",
+	    nthreads > MAX_THREADS || seconds < 1 || big > 1024) {
+		fprintf(stderr, "1-%d processes, 1-%d threads, seconds > 0, -B up to 1024\n",
 			MAX_PROCS, MAX_THREADS);
 		return KSFT_FAIL;
 	}
@@ -1258,23 +2407,27 @@ int main(int argc, char **argv)
 	if (access(devs[0], R_OK | W_OK))
 		ksft_exit_skip("%s: %s (CONFIG_TEST_HMM)\n", devs[0],
 			       strerror(errno));
+	dma_may_refuse = cmdline_has("swiotlb=force");
 	/* Coherent device memory exists only with memmap= reserved RAM. */
 	ndevs = access(devs[1], R_OK | W_OK) ? 1 : 2;
-	ncases = 3 + (ndevs - 1);
-	ksft_set_plan(ncases + 2 * ndevs + 1);
+	/* 4K, THP, shmem, the shmem eviction race, coherent 4K. */
+	ncases = 4 + (ndevs - 1);
+	ksft_set_plan(ncases + !!big + 2 * ndevs + 1);
 	ksft_print_msg("seed %llu, %d processes x %d threads, %d s\n",
 		       (unsigned long long)seed, nprocs, nthreads, seconds);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
-	test_stress(devs[0], B_ANON, seconds / ncases ?: 1, seed, nprocs,
-		    nthreads);
-	test_stress(devs[0], B_THP, seconds / ncases ?: 1, seed + 1, nprocs,
-		    nthreads);
-	test_stress(devs[0], B_SHMEM, seconds / ncases ?: 1, seed + 2, nprocs,
-		    nthreads);
+	share = seconds / ncases ?: 1;
+	test_stress(devs[0], B_ANON, share, seed, nprocs, nthreads, 0);
+	test_stress(devs[0], B_THP, share, seed + 1, nprocs, nthreads, 0);
+	test_stress(devs[0], B_SHMEM, share, seed + 2, nprocs, nthreads, 0);
+	test_shmem_evict(devs[0], share, seed + 4);
 	if (ndevs > 1)
-		test_stress(devs[1], B_ANON, seconds / ncases ?: 1, seed + 3,
-			    nprocs, nthreads);
+		test_stress(devs[1], B_ANON, share, seed + 3, nprocs, nthreads,
+			    0);
+	/* One process: the range is private, -B of it per process. */
+	if (big)
+		test_stress(devs[0], B_ANON, share, seed + 5, 1, nthreads, big);
 	for (d = 0; d < ndevs; d++) {
 		test_exhaustion(devs[d]);
 		test_release_mapped(devs[d]);
