@@ -1334,6 +1334,43 @@ static void mdev_test_restore_without_dst(struct kunit *test)
 }
 
 /*
+ * Zero-page mappings are collected as empty slots, but without a
+ * destination they keep their PTE: the process still maps the zero page
+ * there, rather than nothing.
+ */
+static void mdev_test_zero_page_kept_without_dst(struct kunit *test)
+{
+	unsigned long src[MK_NPAGES], dst[MK_NPAGES], now[MK_NPAGES];
+	struct migrate_vma args;
+	struct hk_notifier *hn;
+	struct mm_struct *mm;
+	unsigned long addr, i;
+	u64 word;
+
+	addr = hk_map(test, MK_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	hn = hk_notifier_add(test, addr, MK_NPAGES * PAGE_SIZE);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_ASSERT_EQ(test, get_user(word, (u64 __user *)
+					       (addr + i * PAGE_SIZE)), 0);
+
+	mmap_read_lock(mm);
+	mk_setup(test, &args, addr, src, dst);
+	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)MK_NPAGES);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_EQ_MSG(test, src[i], MIGRATE_PFN_MIGRATE,
+				    "page %lu", i);
+	migrate_vma_pages(&args);
+	migrate_vma_finalize(&args);
+	mmap_read_unlock(mm);
+
+	mk_snapshot(test, hn, addr, MK_NPAGES, now);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_TRUE_MSG(test, now[i] && is_zero_pfn(now[i]),
+				      "page %lu: pfn %lx", i, now[i]);
+}
+
+/*
  * A pinned page is left out at setup and stays mapped: a store through
  * the pin is what the process reads. Its neighbours migrate.
  */
@@ -1654,6 +1691,7 @@ static struct kunit_case mdev_test_cases[] = {
 	KUNIT_CASE(mdev_test_bad_args),
 	KUNIT_CASE(mdev_test_system_round_trip),
 	KUNIT_CASE(mdev_test_restore_without_dst),
+	KUNIT_CASE(mdev_test_zero_page_kept_without_dst),
 	KUNIT_CASE(mdev_test_pinned_page_stays),
 	KUNIT_CASE(mdev_test_device_pfns),
 	KUNIT_CASE(mdev_test_shmem_device_private),
