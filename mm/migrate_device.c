@@ -1267,20 +1267,41 @@ unlock_dfolio:
  * migrate_device_file_free() - drop a shmem page that is in device memory
  * @mapping: the shmem file's mapping
  * @index: the page's index in it
- * @entry: the device-private entry the caller removed from @mapping
+ * @entry: the device-private entry truncation found at @index
  *
- * Called when truncation or hole punching removed the entry: the mirrors
- * of the file forget the page and the page cache's reference goes, which
- * frees the device page unless a migration holds it.
+ * Called by truncation and hole punching for a device-private entry.
+ * The device page is locked first, as truncation locks a page cache
+ * folio, and its ->mapping goes with the entry: an eviction holding the
+ * page (migrate_device_range(), migrate_device_pfns() collect without a
+ * reference on the file) keeps truncation, and so the freeing of the
+ * inode, waiting until it lets go, and one that locks the page afterwards
+ * finds no mapping and leaves it alone. The mirrors of the file forget
+ * the page before the entry goes, and the page cache's reference is
+ * dropped, which frees the device page unless a migration holds it.
  *
- * Context: Process context, may sleep; takes the i_mmap_rwsem of @mapping
- * and the mirrors' invalidation locks.
+ * Context: Process context, may sleep; takes the device page's lock, the
+ * i_mmap_rwsem of @mapping and the mirrors' invalidation locks.
+ * Return: 1 if the entry was removed; 0 if it had gone already, e.g. the
+ * page was brought back to system memory meanwhile.
  */
-void migrate_device_file_free(struct address_space *mapping, pgoff_t index,
+long migrate_device_file_free(struct address_space *mapping, pgoff_t index,
 			      swp_entry_t entry)
 {
+	struct folio *dfolio;
+	long freed = 0;
+
+	dfolio = mdev_file_lock_entry(mapping, index, entry);
+	if (!dfolio)
+		return 0;
 	mdev_file_invalidate(mapping, index);
-	folio_put(page_folio(pfn_swap_entry_to_page(entry)));
+	if (!shmem_device_entry_free(dfolio)) {
+		/* The page cache's reference; ours holds the page till unlocked. */
+		folio_put(dfolio);
+		freed = 1;
+	}
+	folio_unlock(dfolio);
+	folio_put(dfolio);
+	return freed;
 }
 
 /*
