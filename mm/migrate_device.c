@@ -374,11 +374,14 @@ static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 		return true;
 	}
 
+	/* Virtually indexed caches may hold data the device must see. */
+	if (pte_present(pte)) {
+		flush_cache_page(vma, addr, pte_pfn(pte));
+		batch->flush = true;
+	}
 	batch->ent[batch->nr].old = ptep_get_and_clear(vma->vm_mm, addr, ptep);
 	batch->ent[batch->nr].idx = idx;
 	batch->nr++;
-	if (pte_present(pte))
-		batch->flush = true;
 	args->src[idx] = migrate_pfn(page_to_pfn(page)) | MIGRATE_PFN_MIGRATE |
 			 (write ? MIGRATE_PFN_WRITE : 0);
 	args->cpages++;
