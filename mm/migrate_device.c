@@ -907,11 +907,12 @@ static void mdev_populate(struct migrate_vma *args)
 }
 
 /*
- * Device memory takes anonymous folios that are not in the swap cache,
- * and shmem folios from system memory: device-coherent memory as it is,
- * in the page cache like any folio, device-private memory only if its
- * driver can copy them back on its own (see migrate_device_file_fault()).
- * Other ZONE_DEVICE kinds (fsdax, p2pdma) are never destinations.
+ * Device memory takes anonymous folios that are not in the swap cache
+ * (see mdev_leave_swap_cache()), and shmem folios from system memory:
+ * device-coherent memory as it is, in the page cache like any folio,
+ * device-private memory only if its driver can copy them back on its own
+ * (see migrate_device_file_fault()). Other ZONE_DEVICE kinds (fsdax,
+ * p2pdma) are never destinations.
  */
 static bool mdev_destination_ok(struct folio *src, struct folio *dst)
 {
@@ -926,6 +927,22 @@ static bool mdev_destination_ok(struct folio *src, struct folio *dst)
 		return false;
 	return folio_is_device_coherent(dst) ||
 	       dst->page.pgmap->ops->copy_to_ram;
+}
+
+/*
+ * An anonymous folio read back from swap stays in the swap cache, but
+ * device memory cannot be there: a source going to the device gives up
+ * its swap slot first (its data is in the folio, which is marked dirty).
+ * That fails only while the slot is still in use, by another process's
+ * PTE after fork or by writeback, and the folio then stays.
+ */
+static bool mdev_leave_swap_cache(struct folio *src, struct folio *dst)
+{
+	if (!folio_test_anon(src) || !folio_test_swapcache(src))
+		return true;
+	if (!folio_is_device_private(dst) && !folio_is_device_coherent(dst))
+		return true;
+	return folio_free_swap(src);
 }
 
 /*
@@ -969,7 +986,8 @@ static void mdev_commit(unsigned long *src, unsigned long *dst,
 
 		if (!sfolio || !(src[i] & MIGRATE_PFN_MIGRATE))
 			continue;
-		if (!dfolio || !mdev_destination_ok(sfolio, dfolio))
+		if (!dfolio || !mdev_leave_swap_cache(sfolio, dfolio) ||
+		    !mdev_destination_ok(sfolio, dfolio))
 			goto keep;
 		if (mdev_folio_is_file(sfolio)) {
 			if (!mdev_commit_file(sfolio, dfolio))
