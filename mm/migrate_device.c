@@ -304,13 +304,15 @@ static void mdev_install_migration_entry(struct migrate_vma *args,
 
 /*
  * Look at one PTE under the page-table lock. Empty slots and the shared
- * zero page become empty entries (the zero page holds no data, and
- * dropping it here means populating the slot later needs no flush), or
- * page cache lookups in a shmem mapping. A selected small anonymous folio
- * is referenced, locked and its PTE cleared into @batch; a shmem folio
- * is referenced and locked only. Returns false, with a reference on
- * *@large, when a large folio must be split before collection can go on
- * at @addr.
+ * zero page become empty entries, or page cache lookups in a shmem
+ * mapping. The zero page holds no data, but its PTE stays until
+ * mdev_insert_page() replaces it: a slot that does not migrate keeps its
+ * mapping and the PTE's soft-dirty and uffd-wp bits, and a userfaultfd
+ * MISSING range gets no event for an address userspace already filled.
+ * A selected small anonymous folio is referenced, locked and its PTE
+ * cleared into @batch; a shmem folio is referenced and locked only.
+ * Returns false, with a reference on *@large, when a large folio must be
+ * split before collection can go on at @addr.
  */
 static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 			    unsigned long addr, struct mdev_batch *batch,
@@ -331,11 +333,8 @@ static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 	if (pte_present(pte)) {
 		if (is_zero_pfn(pte_pfn(pte))) {
 			if ((args->flags & MIGRATE_VMA_SELECT_SYSTEM) &&
-			    vma_is_anonymous(vma)) {
-				ptep_get_and_clear(vma->vm_mm, addr, ptep);
-				batch->flush = true;
+			    vma_is_anonymous(vma))
 				mdev_collect_empty(args, addr);
-			}
 			return true;
 		}
 		page = vm_normal_page(vma, addr, pte);
@@ -814,9 +813,23 @@ static pte_t mdev_new_pte(struct vm_area_struct *vma, struct page *page)
 }
 
 /*
+ * May a new page take the place of @pte? An empty slot, or the shared
+ * zero page collection left mapped there; not one a uffd-wp bit protects,
+ * as the new PTE would be writable behind the userfaultfd's back.
+ */
+static bool mdev_slot_free(pte_t pte)
+{
+	if (pte_none(pte))
+		return true;
+	return pte_present(pte) && is_zero_pfn(pte_pfn(pte)) &&
+	       !pte_uffd_wp(pte);
+}
+
+/*
  * Map @page, new and locked, at the empty slot @addr: the equivalent of
- * an anonymous write fault that is handed its page. Fails if the slot was
- * filled meanwhile or the mm is going away.
+ * an anonymous write fault that is handed its page. A zero-page PTE is
+ * flushed out first. Fails if the slot was filled meanwhile or the mm is
+ * going away.
  */
 static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
 			     struct page *page)
@@ -827,7 +840,7 @@ static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
 	bool inserted = false;
 	spinlock_t *ptl;	/* the page table lock */
 	pmd_t *pmdp;
-	pte_t *ptep;
+	pte_t *ptep, old;
 
 	if (!vma_is_anonymous(vma) || userfaultfd_missing(vma))
 		return false;
@@ -849,7 +862,12 @@ static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
 	ptep = pte_offset_map_lock(mm, pmdp, addr, &ptl);
 	if (!ptep)
 		return false;
-	if (!check_stable_address_space(mm) && pte_none(ptep_get(ptep))) {
+	old = ptep_get(ptep);
+	if (!check_stable_address_space(mm) && mdev_slot_free(old)) {
+		if (!pte_none(old)) {
+			flush_cache_page(vma, addr, pte_pfn(old));
+			ptep_clear_flush(vma, addr, ptep);
+		}
 		inc_mm_counter(mm, MM_ANONPAGES);
 		folio_add_new_anon_rmap(folio, vma, addr, RMAP_EXCLUSIVE);
 		if (!folio_is_zone_device(folio))
