@@ -1770,6 +1770,43 @@ static void mdev_test_restore_without_dst(struct kunit *test)
 }
 
 /*
+ * Zero-page mappings are collected as empty slots, but without a
+ * destination they keep their PTE: the process still maps the zero page
+ * there, rather than nothing.
+ */
+static void mdev_test_zero_page_kept_without_dst(struct kunit *test)
+{
+	unsigned long src[MK_NPAGES], dst[MK_NPAGES], now[MK_NPAGES];
+	struct migrate_vma args;
+	struct hk_notifier *hn;
+	struct mm_struct *mm;
+	unsigned long addr, i;
+	u64 word;
+
+	addr = hk_map(test, MK_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	hn = hk_notifier_add(test, addr, MK_NPAGES * PAGE_SIZE);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_ASSERT_EQ(test, get_user(word, (u64 __user *)
+					       (addr + i * PAGE_SIZE)), 0);
+
+	mmap_read_lock(mm);
+	mk_setup(test, &args, addr, src, dst);
+	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)MK_NPAGES);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_EQ_MSG(test, src[i], MIGRATE_PFN_MIGRATE,
+				    "page %lu", i);
+	migrate_vma_pages(&args);
+	migrate_vma_finalize(&args);
+	mmap_read_unlock(mm);
+
+	mk_snapshot(test, hn, addr, MK_NPAGES, now);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_TRUE_MSG(test, now[i] && is_zero_pfn(now[i]),
+				      "page %lu: pfn %lx", i, now[i]);
+}
+
+/*
  * A pinned page is left out at setup and stays mapped: a store through
  * the pin is what the process reads. Its neighbours migrate.
  */
@@ -2086,13 +2123,69 @@ static void mdev_test_shmem_device_private(struct kunit *test)
 #endif
 }
 
+/*
+ * Truncation takes a device page out of its file as it takes a folio:
+ * locked, with ->mapping cleared as the entry goes. An eviction that
+ * still finds the page (here we hold a reference on it, as an eviction
+ * racing with the truncation would) sees that it belongs to no file and
+ * leaves it alone, instead of using a mapping that may be freed by then.
+ */
+static void mdev_test_shmem_truncate_clears_mapping(struct kunit *test)
+{
+#ifdef CONFIG_DEVICE_PRIVATE
+	static int owner;
+	unsigned long src[MK_NPAGES], dst[MK_NPAGES], addr, i;
+	struct folio *dfolio[MK_NPAGES];
+	struct mk_devmem *dm;
+	struct file *file;
+
+	hk_map(test, PAGE_SIZE, PROT_READ);
+	dm = mk_devmem_add(test, &owner);
+	addr = mk_shmem_map(test, &file);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, MK_NPAGES * PAGE_SIZE, 33), 0);
+	mk_shmem_to_device(test, addr, dm, &owner);
+	mk_expect_device_entries(test, file->f_mapping, dm);
+	for (i = 0; i < MK_NPAGES; i++) {
+		dfolio[i] = pfn_folio(PHYS_PFN(dm->pgmap.range.start) + i);
+		folio_get(dfolio[i]);
+	}
+
+	KUNIT_EXPECT_EQ(test, vfs_fallocate(file, FALLOC_FL_PUNCH_HOLE |
+					    FALLOC_FL_KEEP_SIZE, 0,
+					    MK_NPAGES * PAGE_SIZE), 0);
+	for (i = 0; i < MK_NPAGES; i++) {
+		KUNIT_EXPECT_NULL(test, xa_load(&file->f_mapping->i_pages, i));
+		KUNIT_EXPECT_FALSE_MSG(test, folio_test_locked(dfolio[i]),
+				       "page %lu", i);
+		KUNIT_EXPECT_NULL_MSG(test, dfolio[i]->mapping, "page %lu", i);
+		src[i] = folio_pfn(dfolio[i]);
+		dst[i] = 0;
+	}
+	KUNIT_EXPECT_EQ(test, atomic_read(&dm->frees), 0);
+
+	migrate_device_pfns(src, MK_NPAGES);
+	for (i = 0; i < MK_NPAGES; i++)
+		KUNIT_EXPECT_EQ_MSG(test, src[i], 0UL, "page %lu", i);
+	migrate_device_pages(src, dst, MK_NPAGES);
+	migrate_device_finalize(src, dst, MK_NPAGES);
+	for (i = 0; i < MK_NPAGES; i++)
+		folio_put(dfolio[i]);
+	KUNIT_EXPECT_EQ(test, atomic_read(&dm->frees), MK_NPAGES);
+	KUNIT_EXPECT_EQ(test, atomic_read(&dm->copies), 0);
+#else
+	kunit_skip(test, "CONFIG_DEVICE_PRIVATE is off");
+#endif
+}
+
 static struct kunit_case mdev_test_cases[] = {
 	KUNIT_CASE(mdev_test_bad_args),
 	KUNIT_CASE(mdev_test_system_round_trip),
 	KUNIT_CASE(mdev_test_restore_without_dst),
+	KUNIT_CASE(mdev_test_zero_page_kept_without_dst),
 	KUNIT_CASE(mdev_test_pinned_page_stays),
 	KUNIT_CASE(mdev_test_device_pfns),
 	KUNIT_CASE(mdev_test_shmem_device_private),
+	KUNIT_CASE(mdev_test_shmem_truncate_clears_mapping),
 	{}
 };
 

@@ -304,13 +304,15 @@ static void mdev_install_migration_entry(struct migrate_vma *args,
 
 /*
  * Look at one PTE under the page-table lock. Empty slots and the shared
- * zero page become empty entries (the zero page holds no data, and
- * dropping it here means populating the slot later needs no flush), or
- * page cache lookups in a shmem mapping. A selected small anonymous folio
- * is referenced, locked and its PTE cleared into @batch; a shmem folio
- * is referenced and locked only. Returns false, with a reference on
- * *@large, when a large folio must be split before collection can go on
- * at @addr.
+ * zero page become empty entries, or page cache lookups in a shmem
+ * mapping. The zero page holds no data, but its PTE stays until
+ * mdev_insert_page() replaces it: a slot that does not migrate keeps its
+ * mapping and the PTE's soft-dirty and uffd-wp bits, and a userfaultfd
+ * MISSING range gets no event for an address userspace already filled.
+ * A selected small anonymous folio is referenced, locked and its PTE
+ * cleared into @batch; a shmem folio is referenced and locked only.
+ * Returns false, with a reference on *@large, when a large folio must be
+ * split before collection can go on at @addr.
  */
 static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 			    unsigned long addr, struct mdev_batch *batch,
@@ -331,11 +333,8 @@ static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 	if (pte_present(pte)) {
 		if (is_zero_pfn(pte_pfn(pte))) {
 			if ((args->flags & MIGRATE_VMA_SELECT_SYSTEM) &&
-			    vma_is_anonymous(vma)) {
-				ptep_get_and_clear(vma->vm_mm, addr, ptep);
-				batch->flush = true;
+			    vma_is_anonymous(vma))
 				mdev_collect_empty(args, addr);
-			}
 			return true;
 		}
 		page = vm_normal_page(vma, addr, pte);
@@ -374,11 +373,14 @@ static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 		return true;
 	}
 
+	/* Virtually indexed caches may hold data the device must see. */
+	if (pte_present(pte)) {
+		flush_cache_page(vma, addr, pte_pfn(pte));
+		batch->flush = true;
+	}
 	batch->ent[batch->nr].old = ptep_get_and_clear(vma->vm_mm, addr, ptep);
 	batch->ent[batch->nr].idx = idx;
 	batch->nr++;
-	if (pte_present(pte))
-		batch->flush = true;
 	args->src[idx] = migrate_pfn(page_to_pfn(page)) | MIGRATE_PFN_MIGRATE |
 			 (write ? MIGRATE_PFN_WRITE : 0);
 	args->cpages++;
@@ -811,9 +813,23 @@ static pte_t mdev_new_pte(struct vm_area_struct *vma, struct page *page)
 }
 
 /*
+ * May a new page take the place of @pte? An empty slot, or the shared
+ * zero page collection left mapped there; not one a uffd-wp bit protects,
+ * as the new PTE would be writable behind the userfaultfd's back.
+ */
+static bool mdev_slot_free(pte_t pte)
+{
+	if (pte_none(pte))
+		return true;
+	return pte_present(pte) && is_zero_pfn(pte_pfn(pte)) &&
+	       !pte_uffd_wp(pte);
+}
+
+/*
  * Map @page, new and locked, at the empty slot @addr: the equivalent of
- * an anonymous write fault that is handed its page. Fails if the slot was
- * filled meanwhile or the mm is going away.
+ * an anonymous write fault that is handed its page. A zero-page PTE is
+ * flushed out first. Fails if the slot was filled meanwhile or the mm is
+ * going away.
  */
 static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
 			     struct page *page)
@@ -824,7 +840,7 @@ static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
 	bool inserted = false;
 	spinlock_t *ptl;	/* the page table lock */
 	pmd_t *pmdp;
-	pte_t *ptep;
+	pte_t *ptep, old;
 
 	if (!vma_is_anonymous(vma) || userfaultfd_missing(vma))
 		return false;
@@ -846,7 +862,12 @@ static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
 	ptep = pte_offset_map_lock(mm, pmdp, addr, &ptl);
 	if (!ptep)
 		return false;
-	if (!check_stable_address_space(mm) && pte_none(ptep_get(ptep))) {
+	old = ptep_get(ptep);
+	if (!check_stable_address_space(mm) && mdev_slot_free(old)) {
+		if (!pte_none(old)) {
+			flush_cache_page(vma, addr, pte_pfn(old));
+			ptep_clear_flush(vma, addr, ptep);
+		}
 		inc_mm_counter(mm, MM_ANONPAGES);
 		folio_add_new_anon_rmap(folio, vma, addr, RMAP_EXCLUSIVE);
 		if (!folio_is_zone_device(folio))
@@ -904,11 +925,12 @@ static void mdev_populate(struct migrate_vma *args)
 }
 
 /*
- * Device memory takes anonymous folios that are not in the swap cache,
- * and shmem folios from system memory: device-coherent memory as it is,
- * in the page cache like any folio, device-private memory only if its
- * driver can copy them back on its own (see migrate_device_file_fault()).
- * Other ZONE_DEVICE kinds (fsdax, p2pdma) are never destinations.
+ * Device memory takes anonymous folios that are not in the swap cache
+ * (see mdev_leave_swap_cache()), and shmem folios from system memory:
+ * device-coherent memory as it is, in the page cache like any folio,
+ * device-private memory only if its driver can copy them back on its own
+ * (see migrate_device_file_fault()). Other ZONE_DEVICE kinds (fsdax,
+ * p2pdma) are never destinations.
  */
 static bool mdev_destination_ok(struct folio *src, struct folio *dst)
 {
@@ -923,6 +945,22 @@ static bool mdev_destination_ok(struct folio *src, struct folio *dst)
 		return false;
 	return folio_is_device_coherent(dst) ||
 	       dst->page.pgmap->ops->copy_to_ram;
+}
+
+/*
+ * An anonymous folio read back from swap stays in the swap cache, but
+ * device memory cannot be there: a source going to the device gives up
+ * its swap slot first (its data is in the folio, which is marked dirty).
+ * That fails only while the slot is still in use, by another process's
+ * PTE after fork or by writeback, and the folio then stays.
+ */
+static bool mdev_leave_swap_cache(struct folio *src, struct folio *dst)
+{
+	if (!folio_test_anon(src) || !folio_test_swapcache(src))
+		return true;
+	if (!folio_is_device_private(dst) && !folio_is_device_coherent(dst))
+		return true;
+	return folio_free_swap(src);
 }
 
 /*
@@ -966,7 +1004,8 @@ static void mdev_commit(unsigned long *src, unsigned long *dst,
 
 		if (!sfolio || !(src[i] & MIGRATE_PFN_MIGRATE))
 			continue;
-		if (!dfolio || !mdev_destination_ok(sfolio, dfolio))
+		if (!dfolio || !mdev_leave_swap_cache(sfolio, dfolio) ||
+		    !mdev_destination_ok(sfolio, dfolio))
 			goto keep;
 		if (mdev_folio_is_file(sfolio)) {
 			if (!mdev_commit_file(sfolio, dfolio))
@@ -1267,20 +1306,41 @@ unlock_dfolio:
  * migrate_device_file_free() - drop a shmem page that is in device memory
  * @mapping: the shmem file's mapping
  * @index: the page's index in it
- * @entry: the device-private entry the caller removed from @mapping
+ * @entry: the device-private entry truncation found at @index
  *
- * Called when truncation or hole punching removed the entry: the mirrors
- * of the file forget the page and the page cache's reference goes, which
- * frees the device page unless a migration holds it.
+ * Called by truncation and hole punching for a device-private entry.
+ * The device page is locked first, as truncation locks a page cache
+ * folio, and its ->mapping goes with the entry: an eviction holding the
+ * page (migrate_device_range(), migrate_device_pfns() collect without a
+ * reference on the file) keeps truncation, and so the freeing of the
+ * inode, waiting until it lets go, and one that locks the page afterwards
+ * finds no mapping and leaves it alone. The mirrors of the file forget
+ * the page before the entry goes, and the page cache's reference is
+ * dropped, which frees the device page unless a migration holds it.
  *
- * Context: Process context, may sleep; takes the i_mmap_rwsem of @mapping
- * and the mirrors' invalidation locks.
+ * Context: Process context, may sleep; takes the device page's lock, the
+ * i_mmap_rwsem of @mapping and the mirrors' invalidation locks.
+ * Return: 1 if the entry was removed; 0 if it had gone already, e.g. the
+ * page was brought back to system memory meanwhile.
  */
-void migrate_device_file_free(struct address_space *mapping, pgoff_t index,
+long migrate_device_file_free(struct address_space *mapping, pgoff_t index,
 			      swp_entry_t entry)
 {
+	struct folio *dfolio;
+	long freed = 0;
+
+	dfolio = mdev_file_lock_entry(mapping, index, entry);
+	if (!dfolio)
+		return 0;
 	mdev_file_invalidate(mapping, index);
-	folio_put(page_folio(pfn_swap_entry_to_page(entry)));
+	if (!shmem_device_entry_free(dfolio)) {
+		/* The page cache's reference; ours holds the page till unlocked. */
+		folio_put(dfolio);
+		freed = 1;
+	}
+	folio_unlock(dfolio);
+	folio_put(dfolio);
+	return freed;
 }
 
 /*
