@@ -12,6 +12,7 @@ names it.
     judge-selftest.py [-v] KUNIT_DIR     (-v: every case, not only wrong ones)
 """
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -140,8 +141,10 @@ for text in REPORTS:
         'kernel console has'))
 
 
-def run_case(tmp, kunit_dir, case):
+def run_case(top, kunit_dir, n, case):
     _, console, tap, extra, problem = case
+    tmp = os.path.join(top, str(n))
+    os.mkdir(tmp)
     paths = [os.path.join(tmp, n) for n in ('console.log', 'tap.log', 'manifest')]
     for path, text in zip(paths, (console, tap, MANIFEST)):
         with open(path, 'w', encoding='utf-8') as f:
@@ -164,9 +167,12 @@ def main():
     verbose = '-v' in sys.argv[1:]
     kunit_dir = [a for a in sys.argv[1:] if a != '-v'][0]
     bad = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        for case in CASES:
-            ok, took, problems = run_case(tmp, kunit_dir, case)
+    with tempfile.TemporaryDirectory() as tmp, \
+            concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        runs = [pool.submit(run_case, tmp, kunit_dir, n, case)
+                for n, case in enumerate(CASES)]
+        for case, run in zip(CASES, runs):
+            ok, took, problems = run.result()
             if verbose or not ok:
                 print(f'    {"ok" if ok else "WRONG"}: {case[0]} ({took:.1f} s)')
             if not ok:
