@@ -269,7 +269,7 @@ static void hmm_test_snapshot_unpopulated(struct kunit *test)
 			KUNIT_EXPECT_EQ_MSG(test, pfns[i], 0UL, "page %d", i);
 			continue;
 		}
-		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
 				HMM_PFN_VALID | HMM_PFN_WRITE);
 		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
 						      addr + 3 * PAGE_SIZE, 7));
@@ -294,7 +294,7 @@ static void hmm_test_fault_read_zero_page(struct kunit *test)
 	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS, HMM_PFN_VALID);
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS, HMM_PFN_VALID);
 		KUNIT_EXPECT_TRUE(test,
 				  is_zero_pfn(page_to_pfn(hmm_pfn_to_page(pfns[i]))));
 		KUNIT_EXPECT_TRUE(test, hk_page_is_zero(hmm_pfn_to_page(pfns[i])));
@@ -305,7 +305,7 @@ static void hmm_test_fault_read_zero_page(struct kunit *test)
 		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
 				HMM_PFN_VALID | HMM_PFN_WRITE);
 		KUNIT_EXPECT_FALSE(test,
 				   is_zero_pfn(page_to_pfn(hmm_pfn_to_page(pfns[i]))));
@@ -417,7 +417,7 @@ static void hmm_test_readonly_vma(struct kunit *test)
 	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS, HMM_PFN_VALID);
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS, HMM_PFN_VALID);
 		/* Fresh anonymous memory reads as zeroes, through the pfn. */
 		KUNIT_EXPECT_TRUE(test, hk_page_is_zero(hmm_pfn_to_page(pfns[i])));
 	}
@@ -533,7 +533,7 @@ static void hmm_test_no_vma(struct kunit *test)
 			KUNIT_EXPECT_EQ(test, pfns[i], (unsigned long)HMM_PFN_ERROR);
 			continue;
 		}
-		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
 				HMM_PFN_VALID | HMM_PFN_WRITE);
 		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
 						      addr + i * PAGE_SIZE, 6));
@@ -2361,7 +2361,7 @@ static void hmm_dma_test_map_read_write(struct kunit *test)
 	for (i = 0; i < HK_NPAGES; i++) {
 		unsigned long uaddr = addr + i * PAGE_SIZE;
 
-		KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, i, pfns[i],
+		KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, i, pfns[i],
 						      &dma[i]), 0);
 		KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_device(&hd->map, i), 0);
 		KUNIT_EXPECT_TRUE(test, hd_view_matches(hd_dev_view(dev, dma[i]),
@@ -2409,12 +2409,12 @@ static void hmm_dma_test_write_upgrade(struct kunit *test)
 
 	hk_range_init(&range, &pfn, addr, 1, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(&hd->hn, &range), 0);
-	KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, 0,
+	KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, 0,
 					      pfn & ~HMM_PFN_WRITE, &ro), 0);
 	KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_device(&hd->map, 0), 0);
 	KUNIT_EXPECT_TRUE(test, hd_view_matches(hd_dev_view(dev, ro), addr, 23));
 	KUNIT_EXPECT_TRUE(test, pfn & HMM_PFN_WRITE);
-	KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, 0, pfn, &rw), 0);
+	KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, 0, pfn, &rw), 0);
 	KUNIT_EXPECT_EQ(test, hd->map.nr_mappings, 1UL);
 	hd_view_fill(hd_dev_view(dev, rw), addr, 24);
 	KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_cpu(&hd->map, 0), 0);
@@ -2468,7 +2468,7 @@ static void hmm_dma_test_invalidate(struct kunit *test)
 	hk_range_init(&range, pfns, addr + 8 * PAGE_SIZE, 8, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(&hd->hn, &range), 0);
 	for (i = 0; i < 8; i++) {
-		KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, 8 + i, pfns[i],
+		KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, 8 + i, pfns[i],
 						      &dma), 0);
 		KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_device(&hd->map, 8 + i),
 				0);
@@ -2627,7 +2627,7 @@ static void hmm_dma_test_bad_input(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, hmm_dma_unmap_pfn(&hd->map, 0), 0UL);
 
 	/* And the state still works. */
-	KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, 0, pfn, &dma), 0);
+	KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, 0, pfn, &dma), 0);
 	KUNIT_EXPECT_EQ(test, hmm_dma_sync_for_device(&hd->map, 0), 0);
 	KUNIT_EXPECT_TRUE(test, hd_view_matches(hd_dev_view(dev, dma), addr, 29));
 	mutex_unlock(&hd->hn.lock);
