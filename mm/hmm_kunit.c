@@ -274,7 +274,7 @@ static void hmm_test_snapshot_unpopulated(struct kunit *test)
 			KUNIT_EXPECT_EQ_MSG(test, pfns[i], 0UL, "page %d", i);
 			continue;
 		}
-		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
 				HMM_PFN_VALID | HMM_PFN_WRITE);
 		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
 						      addr + 3 * PAGE_SIZE, 7));
@@ -299,7 +299,7 @@ static void hmm_test_fault_read_zero_page(struct kunit *test)
 	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS, HMM_PFN_VALID);
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS, HMM_PFN_VALID);
 		KUNIT_EXPECT_TRUE(test,
 				  is_zero_pfn(page_to_pfn(hmm_pfn_to_page(pfns[i]))));
 		KUNIT_EXPECT_TRUE(test, hk_page_is_zero(hmm_pfn_to_page(pfns[i])));
@@ -310,7 +310,7 @@ static void hmm_test_fault_read_zero_page(struct kunit *test)
 		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
 				HMM_PFN_VALID | HMM_PFN_WRITE);
 		KUNIT_EXPECT_FALSE(test,
 				   is_zero_pfn(page_to_pfn(hmm_pfn_to_page(pfns[i]))));
@@ -422,7 +422,7 @@ static void hmm_test_readonly_vma(struct kunit *test)
 	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS, HMM_PFN_VALID);
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS, HMM_PFN_VALID);
 		/* Fresh anonymous memory reads as zeroes, through the pfn. */
 		KUNIT_EXPECT_TRUE(test, hk_page_is_zero(hmm_pfn_to_page(pfns[i])));
 	}
@@ -966,7 +966,7 @@ static void hmm_test_no_vma(struct kunit *test)
 			KUNIT_EXPECT_EQ(test, pfns[i], (unsigned long)HMM_PFN_ERROR);
 			continue;
 		}
-		KUNIT_EXPECT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
 				HMM_PFN_VALID | HMM_PFN_WRITE);
 		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
 						      addr + i * PAGE_SIZE, 6));
@@ -2953,7 +2953,7 @@ static void hmm_dma_test_map_read_write(struct kunit *test)
 	for (i = 0; i < HK_NPAGES; i++) {
 		unsigned long uaddr = addr + i * PAGE_SIZE;
 
-		KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, i, pfns[i],
+		KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, i, pfns[i],
 						      &dma[i]), 0);
 		/* Direct: the DMA address leads to the page itself. */
 		KUNIT_EXPECT_EQ(test, dma_to_phys(dev, dma[i]),
@@ -3002,11 +3002,11 @@ static void hmm_dma_test_write_upgrade(struct kunit *test)
 
 	hk_range_init(&range, &pfn, addr, 1, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(&hd->hn, &range), 0);
-	KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, 0,
+	KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, 0,
 					      pfn & ~HMM_PFN_WRITE, &ro), 0);
 	KUNIT_EXPECT_TRUE(test, hd_view_matches(hd_dev_view(dev, ro), addr, 23));
 	KUNIT_EXPECT_TRUE(test, pfn & HMM_PFN_WRITE);
-	KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, 0, pfn, &rw), 0);
+	KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, 0, pfn, &rw), 0);
 	KUNIT_EXPECT_EQ(test, hd->map.nr_mappings, 1UL);
 	hd_view_fill(hd_dev_view(dev, rw), addr, 24);
 	mutex_unlock(&hd->hn.lock);
@@ -3057,7 +3057,7 @@ static void hmm_dma_test_invalidate(struct kunit *test)
 	hk_range_init(&range, pfns, addr + 8 * PAGE_SIZE, 8, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(&hd->hn, &range), 0);
 	for (i = 0; i < 8; i++) {
-		KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, 8 + i, pfns[i],
+		KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, 8 + i, pfns[i],
 						      &dma), 0);
 		KUNIT_EXPECT_TRUE(test, hd_view_matches(hd_dev_view(dev, dma),
 							addr + (8 + i) * PAGE_SIZE,
@@ -3210,7 +3210,7 @@ static void hmm_dma_test_bad_input(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, hmm_dma_unmap_pfn(&hd->map, 0), 0UL);
 
 	/* And the state still works. */
-	KUNIT_EXPECT_EQ(test, hmm_dma_map_pfn(&hd->map, 0, pfn, &dma), 0);
+	KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, 0, pfn, &dma), 0);
 	KUNIT_EXPECT_TRUE(test, hd_view_matches(hd_dev_view(dev, dma), addr, 29));
 	mutex_unlock(&hd->hn.lock);
 }
@@ -3421,3 +3421,191 @@ static struct kunit_suite hmm_dma_test_suite = {
 };
 
 kunit_test_suite(hmm_dma_test_suite);
+
+/*
+ * Non-blockable invalidation, as the OOM reaper issues it
+ * (mmu_notifier_invalidate_range_start_nonblock(), range flags 0): a
+ * driver whose lock is busy must fail it rather than sleep, the core
+ * turns that into -EAGAIN for the caller, and nothing of the mirror is
+ * torn down. Userspace cannot make the OOM reaper meet a busy driver
+ * lock on demand, so the call is made here the way the reaper makes it.
+ *
+ * The driver lock is held by a helper thread, not by the test thread:
+ * the test thread taking the invalidate_range_start lockdep map while
+ * holding a lock that invalidation callbacks take would be the inversion
+ * lockdep reports.
+ */
+struct hk_lock_holder {
+	struct mutex		*lock;		/* held from locked to release */
+	struct completion	locked;
+	struct completion	release;
+	struct completion	done;
+};
+
+static int hk_lock_holder_fn(void *data)
+{
+	struct hk_lock_holder *h = data;
+
+	mutex_lock(h->lock);
+	complete(&h->locked);
+	wait_for_completion(&h->release);
+	mutex_unlock(h->lock);
+	complete(&h->done);
+	return 0;
+}
+
+/* Start a thread that holds @lock until hk_lock_drop(). */
+static void hk_lock_hold(struct kunit *test, struct hk_lock_holder *h,
+			 struct mutex *lock)
+{
+	struct task_struct *t;
+
+	h->lock = lock;
+	init_completion(&h->locked);
+	init_completion(&h->release);
+	init_completion(&h->done);
+	t = kthread_run(hk_lock_holder_fn, h, "hk_lock_holder");
+	KUNIT_ASSERT_FALSE(test, IS_ERR(t));
+	wait_for_completion(&h->locked);
+}
+
+static void hk_lock_drop(struct hk_lock_holder *h)
+{
+	complete(&h->release);
+	wait_for_completion(&h->done);
+}
+
+/* One non-blockable invalidation of [@start, @end), as the reaper does. */
+static int hk_nonblock_invalidate(struct mm_struct *mm, unsigned long start,
+				  unsigned long end)
+{
+	struct mmu_notifier_range r;
+	int ret;
+
+	mmu_notifier_range_init(&r, MMU_NOTIFY_UNMAP, 0, mm, start, end);
+	mmap_read_lock(mm);
+	ret = mmu_notifier_invalidate_range_start_nonblock(&r);
+	/* Only a successful start may (and must) be ended. */
+	if (!ret)
+		mmu_notifier_invalidate_range_end(&r);
+	mmap_read_unlock(mm);
+	return ret;
+}
+
+/*
+ * Interval notifier (the raw API): with the driver lock busy the callback
+ * returns false and the caller gets -EAGAIN; the sequence is not bumped,
+ * so the snapshot the driver took stays valid and the pages it points to
+ * still hold the data. With the lock free the same call goes through.
+ */
+static void hmm_nonblock_test_interval(struct kunit *test)
+{
+	unsigned long pfns[HK_NPAGES], addr;
+	struct hk_lock_holder holder;
+	struct hmm_range range;
+	struct hk_notifier *hn;
+	struct mm_struct *mm;
+	int i, inval;
+
+	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	hn = hk_notifier_add(test, addr, HK_SIZE);
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 40), 0);
+	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
+	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
+	mutex_unlock(&hn->lock);
+	inval = atomic_read(&hn->invalidations);
+
+	hk_lock_hold(test, &holder, &hn->lock);
+	KUNIT_EXPECT_EQ(test, hk_nonblock_invalidate(mm, addr, addr + HK_SIZE),
+			-EAGAIN);
+	KUNIT_EXPECT_EQ(test, atomic_read(&hn->invalidations), inval);
+	hk_lock_drop(&holder);
+
+	mutex_lock(&hn->lock);
+	KUNIT_EXPECT_FALSE(test, mmu_interval_read_retry(&hn->notifier,
+							 range.notifier_seq));
+	for (i = 0; i < HK_NPAGES; i++) {
+		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
+				HMM_PFN_VALID | HMM_PFN_WRITE);
+		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
+						      addr + i * PAGE_SIZE, 40));
+	}
+	mutex_unlock(&hn->lock);
+
+	/* Control: the lock is free, the same call succeeds and counts. */
+	KUNIT_EXPECT_EQ(test, hk_nonblock_invalidate(mm, addr, addr + HK_SIZE),
+			0);
+	KUNIT_EXPECT_EQ(test, atomic_read(&hn->invalidations), inval + 1);
+	KUNIT_EXPECT_TRUE(test, mmu_interval_read_retry(&hn->notifier,
+							range.notifier_seq));
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr, HK_SIZE, 40), 0);
+}
+
+/*
+ * hmm_mirror: the driver's ->invalidate_range() sees !update->blockable,
+ * fails with -EAGAIN, and the caller gets -EAGAIN (no warning from the
+ * notifier core). The driver was never told to drop anything, the mirror
+ * stays registered and usable, and a later blockable invalidation
+ * reaches it as usual.
+ */
+static void hmm_nonblock_test_mirror(struct kunit *test)
+{
+	unsigned long pfns[HK_NPAGES], addr;
+	struct hk_lock_holder holder;
+	int i, inval, unmaps, releases;
+	struct hmm_range range;
+	struct hk_mirror *hm;
+	struct mm_struct *mm;
+
+	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	mm = current->mm;
+	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 41), 0);
+	hm = hk_mirror_new(test, mm);
+	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
+	KUNIT_ASSERT_EQ(test, hmm_mirror_range_fault(&hm->mirror, &range,
+						     &hm->lock), 0);
+	mutex_unlock(&hm->lock);
+	inval = atomic_read(&hm->invalidations);
+	unmaps = hm->events[HMM_UPDATE_UNMAP];
+	releases = atomic_read(&hm->releases);
+
+	hk_lock_hold(test, &holder, &hm->lock);
+	KUNIT_EXPECT_EQ(test, hk_nonblock_invalidate(mm, addr, addr + HK_SIZE),
+			-EAGAIN);
+	hk_lock_drop(&holder);
+	KUNIT_EXPECT_EQ(test, atomic_read(&hm->invalidations), inval);
+	KUNIT_EXPECT_EQ(test, hm->events[HMM_UPDATE_UNMAP], unmaps);
+	KUNIT_EXPECT_EQ(test, atomic_read(&hm->releases), releases);
+	KUNIT_EXPECT_EQ(test, hk_user_check(addr, HK_SIZE, 41), 0);
+
+	/* Still mirrored: a fault through it sees the same data. */
+	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
+	KUNIT_ASSERT_EQ(test, hmm_mirror_range_fault(&hm->mirror, &range,
+						     &hm->lock), 0);
+	for (i = 0; i < HK_NPAGES; i++) {
+		KUNIT_ASSERT_EQ(test, pfns[i] & HMM_PFN_VALID,
+				(unsigned long)HMM_PFN_VALID);
+		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
+						      addr + i * PAGE_SIZE, 41));
+	}
+	mutex_unlock(&hm->lock);
+
+	/* A blockable invalidation (munmap) reaches the driver. */
+	KUNIT_ASSERT_EQ(test, vm_munmap(addr, HK_SIZE), 0);
+	KUNIT_EXPECT_GT(test, atomic_read(&hm->invalidations), inval);
+	KUNIT_EXPECT_GT(test, hm->events[HMM_UPDATE_UNMAP], unmaps);
+}
+
+static struct kunit_case hmm_nonblock_test_cases[] = {
+	KUNIT_CASE(hmm_nonblock_test_interval),
+	KUNIT_CASE(hmm_nonblock_test_mirror),
+	{}
+};
+
+static struct kunit_suite hmm_nonblock_test_suite = {
+	.name = "hmm_nonblock",
+	.test_cases = hmm_nonblock_test_cases,
+};
+
+kunit_test_suite(hmm_nonblock_test_suite);

@@ -321,7 +321,6 @@ FIXTURE(dmirror) {
 	int peer_fd;
 	size_t psz;
 	bool gigantic_borrowed;	/* shrink the 1 GiB pool back on teardown */
-	bool swap_on;		/* swapoff on teardown */
 };
 
 FIXTURE_VARIANT(dmirror) {
@@ -360,14 +359,15 @@ FIXTURE_SETUP(dmirror)
 
 #define GIGANTIC_NR "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"
 
-static void shm_swap_stop(void);
+static long shm_devmem_used(int fd);
+static void dmirror_leftovers_teardown(void);
 
 FIXTURE_TEARDOWN(dmirror)
 {
+	/* Swap, memcg, KSM left on by a case that failed half way. */
+	dmirror_leftovers_teardown();
 	close(self->peer_fd);
 	close(self->fd);
-	if (self->swap_on)
-		shm_swap_stop();
 	/* A page still mapped becomes surplus and is freed at exit. */
 	if (self->gigantic_borrowed)
 		write_long_file(GIGANTIC_NR, 0);
@@ -602,7 +602,11 @@ TEST_F(dmirror, device_read_needs_prot_read)
 				       npages, &cmd));
 	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
 				       npages, &cmd));
-	ASSERT_EQ(0x5a5a5a5a5a5a5a5aULL, *(__u64 *)(dbuf + len - 8));
+	for (size_t off = 0; off < len; off += 8)
+		ASSERT_EQ(0x5a5a5a5a5a5a5a5aULL, *(__u64 *)(dbuf + off));
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 14, 0));
+	ASSERT_EQ(0, mprotect(va, len, PROT_NONE));
 
 	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
@@ -1802,9 +1806,10 @@ TEST_F(dmirror, migrate_uffd_zero_pages_stay)
 }
 
 /*
- * Shared anonymous memory is shmem; whether it may move is up to the
- * kernel (6.12 leaves it in place and reports ENOENT). Either way no data
- * may be lost and the device must keep seeing it.
+ * Shared anonymous memory is shmem, and shmem pages migrate: the whole
+ * range moves, the device reads it in its memory without a fault, and
+ * MIGRATE_TO_SYS brings every page back with its data. (shmem_anon_shared
+ * covers the move and fork; this case covers the way back.)
  */
 TEST_F(dmirror, migrate_shared_anon)
 {
@@ -1812,7 +1817,7 @@ TEST_F(dmirror, migrate_shared_anon)
 	size_t len = npages * self->psz;
 	struct hmm_dmirror_cmd cmd;
 	char *va, *dbuf;
-	int ret;
+	long used0;
 
 	va = mmap(NULL, len, PROT_READ | PROT_WRITE,
 		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -1821,20 +1826,22 @@ TEST_F(dmirror, migrate_shared_anon)
 	ASSERT_NE(NULL, dbuf);
 	pat_fill(va, len, 60, 0);
 
-	ret = dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
-			  npages, &cmd);
-	if (ret == 0) {
-		ASSERT_EQ(npages, cmd.cpages);
-		ASSERT_EQ(-1, pat_find_bad(dbuf, len, 60, 0));
-	} else {
-		ASSERT_EQ(-ENOENT, ret);
-	}
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 60, 0));
+	ASSERT_EQ(used0 + (long)npages, shm_devmem_used(self->fd));
 	memset(dbuf, 0, len);
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
 				 npages, &cmd));
+	ASSERT_EQ(0, cmd.faults);
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 60, 0));
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
 				 NULL, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
 	ASSERT_EQ(-1, pat_find_bad(va, len, 60, 0));
 }
 
@@ -2003,22 +2010,40 @@ TEST_F(dmirror, exclusive_revoked_by_mprotect)
 }
 
 struct cow_job {
+	int unit;	/* device the child reads its own copy through */
 	char *va;
 	size_t len;
 	__u32 seen_seed;
 	__u32 new_seed;
 };
 
-/* Child side of a COW check: see the old data, then diverge. */
+/*
+ * Child side of a COW check: find what the parent wrote before fork(),
+ * then diverge. The child's stores are checked through a device mirror
+ * of the child's own address space, the parent checks that they did not
+ * reach its copy.
+ */
 static int cow_job_child(void *arg)
 {
 	struct cow_job *job = arg;
+	struct hmm_dmirror_cmd cmd;
+	char *dbuf;
+	int fd;
 
 	if (pat_find_bad(job->va, job->len, job->seen_seed, 0) != -1)
 		return 20;
 	pat_fill(job->va, job->len, job->new_seed, 0);
-	if (pat_find_bad(job->va, job->len, job->new_seed, 0) != -1)
+	fd = dmirror_open(job->unit);
+	dbuf = malloc(job->len);
+	if (fd < 0 || !dbuf)
+		return 22;
+	if (dmirror_req(fd, HMM_DMIRROR_READ, job->va, dbuf,
+			job->len / sysconf(_SC_PAGESIZE), &cmd))
+		return 23;
+	if (pat_find_bad(dbuf, job->len, job->new_seed, 0) != -1)
 		return 21;
+	close(fd);
+	free(dbuf);
 	return 0;
 }
 
@@ -2103,7 +2128,10 @@ TEST_F(dmirror, fork_cow_device_pages)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz;
-	struct cow_job job = { .len = len, .seen_seed = 81, .new_seed = 82 };
+	struct cow_job job = {
+		.unit = variant->unit, .len = len,
+		.seen_seed = 81, .new_seed = 82,
+	};
 	struct hmm_dmirror_cmd cmd;
 	char *dbuf;
 
@@ -2383,7 +2411,10 @@ TEST_F(dmirror, munmap_drops_mirror)
 struct unmap_race {
 	char *va;
 	size_t len;
+	int ready;	/* the thread spins, waiting for go */
 	int go;
+	int started;	/* munmap() entered */
+	int done;	/* munmap() returned */
 	int ret;
 };
 
@@ -2391,15 +2422,26 @@ static void *unmap_race_thread(void *arg)
 {
 	struct unmap_race *r = arg;
 
+	__atomic_store_n(&r->ready, 1, __ATOMIC_RELEASE);
 	while (!__atomic_load_n(&r->go, __ATOMIC_ACQUIRE))
 		;
+	__atomic_store_n(&r->started, 1, __ATOMIC_SEQ_CST);
 	r->ret = munmap(r->va, r->len);
+	__atomic_store_n(&r->done, 1, __ATOMIC_SEQ_CST);
 	return NULL;
 }
 
+/* Rounds of munmap_races_device, and how many must overlap a read. */
+#define UNMAP_RACE_MIN_OVERLAPS	8
+#define UNMAP_RACE_MAX_ROUNDS	64
+
 /*
  * munmap() from another thread while the device reads the range: each
- * read either completes with the right data or fails with EFAULT.
+ * read either completes with the right data or fails with EFAULT. A read
+ * overlapped the munmap() when it started before munmap() returned and
+ * ended after munmap() was entered; the case runs rounds until enough
+ * reads did, so that it cannot pass with munmap() always winning or
+ * always losing.
  */
 TEST_F(dmirror, munmap_races_device)
 {
@@ -2407,14 +2449,16 @@ TEST_F(dmirror, munmap_races_device)
 	size_t len = npages * self->psz;
 	struct unmap_race race = { .len = len };
 	struct hmm_dmirror_cmd cmd;
+	int round, ret, reads, overlaps = 0, ok_overlaps = 0;
 	pthread_t thread;
-	int round, ret, reads;
+	bool before_done;
 	char *dbuf;
 
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
 
-	for (round = 0; round < 8; round++) {
+	for (round = 0; round < UNMAP_RACE_MAX_ROUNDS &&
+	     overlaps < UNMAP_RACE_MIN_OVERLAPS; round++) {
 		race.va = anon_map(len, PROT_READ | PROT_WRITE, false);
 		ASSERT_NE(NULL, race.va);
 		pat_fill(race.va, len, 300 + round, 0);
@@ -2422,13 +2466,25 @@ TEST_F(dmirror, munmap_races_device)
 			ASSERT_EQ(0, dmirror_req(self->fd,
 						 HMM_DMIRROR_MIGRATE_TO_DEV,
 						 race.va, dbuf, npages, &cmd));
+		race.ready = 0;
+		race.started = 0;
+		race.done = 0;
 		__atomic_store_n(&race.go, 0, __ATOMIC_RELEASE);
 		ASSERT_EQ(0, pthread_create(&thread, NULL, unmap_race_thread,
 					    &race));
+		while (!__atomic_load_n(&race.ready, __ATOMIC_ACQUIRE))
+			;
 		__atomic_store_n(&race.go, 1, __ATOMIC_RELEASE);
 		for (reads = 0; reads < 200; reads++) {
+			before_done = !__atomic_load_n(&race.done,
+						       __ATOMIC_SEQ_CST);
 			ret = dmirror_req(self->fd, HMM_DMIRROR_READ, race.va,
 					  dbuf, npages, &cmd);
+			if (before_done &&
+			    __atomic_load_n(&race.started, __ATOMIC_SEQ_CST)) {
+				overlaps++;
+				ok_overlaps += !ret;
+			}
 			if (ret)
 				break;
 			ASSERT_EQ(-1, pat_find_bad(dbuf, len, 300 + round, 0));
@@ -2440,6 +2496,9 @@ TEST_F(dmirror, munmap_races_device)
 		ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_READ,
 					       race.va, dbuf, npages, &cmd));
 	}
+	TH_LOG("%d rounds, %d reads overlapped munmap(), %d of them completed",
+	       round, overlaps, ok_overlaps);
+	ASSERT_LE(UNMAP_RACE_MIN_OVERLAPS, overlaps);
 }
 
 /*
@@ -2506,8 +2565,9 @@ static int exit_job_child(void *arg)
 }
 
 /*
- * Processes that exit with pages in device memory: the device copes and
- * its memory is reusable afterwards.
+ * Processes that exit with pages in device memory: the device copes, the
+ * pages are freed with the process (devmem_used is back where it was)
+ * and its memory is reusable afterwards.
  */
 TEST_F(dmirror, exit_with_device_pages)
 {
@@ -2517,10 +2577,15 @@ TEST_F(dmirror, exit_with_device_pages)
 	size_t len = job.npages * self->psz;
 	struct hmm_dmirror_cmd cmd;
 	char *va, *dbuf;
+	long used0;
 	int i;
 
-	for (i = 0; i < 2; i++)
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	for (i = 0; i < 2; i++) {
 		ASSERT_EQ(0, in_child(exit_job_child, &job));
+		ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	}
 
 	va = anon_map(len, PROT_READ | PROT_WRITE, false);
 	ASSERT_NE(NULL, va);
@@ -2531,9 +2596,11 @@ TEST_F(dmirror, exit_with_device_pages)
 				 dbuf, job.npages, &cmd));
 	ASSERT_EQ(job.npages, cmd.cpages);
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 96, 0));
+	ASSERT_EQ(used0 + (long)job.npages, shm_devmem_used(self->fd));
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
 				 NULL, job.npages, &cmd));
 	ASSERT_EQ(-1, pat_find_bad(va, len, 96, 0));
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
 }
 
 /* ---------------------------------------------------------------------
@@ -4379,7 +4446,16 @@ struct dma_race {
 	int go;
 	int stop;
 	int ret;
+	int started;	/* munmap() entered */
+	int done;	/* munmap() returned */
+	long flips;	/* mprotect() calls completed */
 };
+
+/* Overlapping operations the two DMA race cases must see at least. */
+#define DMA_RACE_MIN_OVERLAPS	8
+#define DMA_RACE_MAX_ROUNDS	64
+#define DMA_RACE_MIN_OK_READS	20
+#define DMA_RACE_MAX_READS	2000
 
 static void *dma_race_thread(void *arg)
 {
@@ -4390,7 +4466,9 @@ static void *dma_race_thread(void *arg)
 		;
 	if (!r->mode) {
 		usleep(100);
+		__atomic_store_n(&r->started, 1, __ATOMIC_SEQ_CST);
 		r->ret = munmap(r->va, r->len);
+		__atomic_store_n(&r->done, 1, __ATOMIC_SEQ_CST);
 		return NULL;
 	}
 	for (i = 0; !__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE); i++) {
@@ -4398,6 +4476,7 @@ static void *dma_race_thread(void *arg)
 				  PROT_READ | PROT_WRITE : PROT_READ);
 		if (r->ret)
 			break;
+		__atomic_add_fetch(&r->flips, 1, __ATOMIC_SEQ_CST);
 	}
 	return NULL;
 }
@@ -4415,7 +4494,8 @@ TEST_F(hmm_dma, munmap_during_dma)
 	struct hmm_dmirror_dma_stats st;
 	struct hmm_dmirror_cmd cmd;
 	pthread_t thread;
-	int round, ret = 0, reads;
+	int round, ret = 0, reads, overlaps = 0;
+	bool before_done;
 	char *dbuf;
 
 	if (self->bounce)
@@ -4423,17 +4503,26 @@ TEST_F(hmm_dma, munmap_during_dma)
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
 
-	for (round = 0; round < 8; round++) {
+	/* A read overlaps if it starts before munmap() ends, ends after. */
+	for (round = 0; round < DMA_RACE_MAX_ROUNDS &&
+	     (round < 8 || overlaps < DMA_RACE_MIN_OVERLAPS); round++) {
 		race.va = anon_map(len, PROT_READ | PROT_WRITE, true);
 		ASSERT_NE(NULL, race.va);
 		pat_fill(race.va, len, 0xe0 + round, 0);
+		race.started = 0;
+		race.done = 0;
 		__atomic_store_n(&race.go, 0, __ATOMIC_RELEASE);
 		ASSERT_EQ(0, pthread_create(&thread, NULL, dma_race_thread,
 					    &race));
 		__atomic_store_n(&race.go, 1, __ATOMIC_RELEASE);
 		for (reads = 0; reads < 200; reads++) {
+			before_done = !__atomic_load_n(&race.done,
+						       __ATOMIC_SEQ_CST);
 			ret = dmirror_req(self->fd, HMM_DMIRROR_DMA_READ,
 					  race.va, dbuf, npages, &cmd);
+			overlaps += before_done &&
+				    __atomic_load_n(&race.started,
+						    __ATOMIC_SEQ_CST);
 			if (ret)
 				break;
 			ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xe0 + round, 0));
@@ -4447,6 +4536,8 @@ TEST_F(hmm_dma, munmap_during_dma)
 		ASSERT_EQ(0, dma_stats(self->fd, &st));
 		ASSERT_EQ(0, st.mappings);
 	}
+	TH_LOG("%d rounds, %d reads overlapped munmap()", round, overlaps);
+	ASSERT_LE(DMA_RACE_MIN_OVERLAPS, overlaps);
 	free(dbuf);
 }
 
@@ -4462,8 +4553,9 @@ TEST_F(hmm_dma, mprotect_during_dma)
 	struct dma_race race = { .len = len, .mode = 1 };
 	struct hmm_dmirror_dma_stats st;
 	struct hmm_dmirror_cmd cmd;
+	int reads, ret, ok_overlaps = 0, busy = 0;
 	pthread_t thread;
-	int reads, ret;
+	long flips0;
 	char *dbuf;
 
 	if (self->bounce)
@@ -4476,18 +4568,29 @@ TEST_F(hmm_dma, mprotect_during_dma)
 
 	ASSERT_EQ(0, pthread_create(&thread, NULL, dma_race_thread, &race));
 	__atomic_store_n(&race.go, 1, __ATOMIC_RELEASE);
-	for (reads = 0; reads < 200; reads++) {
+	/* Count the reads that completed while an mprotect() completed. */
+	for (reads = 0; reads < 200 ||
+	     (ok_overlaps < DMA_RACE_MIN_OK_READS &&
+	      reads < DMA_RACE_MAX_READS); reads++) {
+		flips0 = __atomic_load_n(&race.flips, __ATOMIC_SEQ_CST);
 		/* Endless invalidations may outlast the fault timeout. */
 		ret = dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, race.va,
 				  dbuf, npages, &cmd);
-		if (ret == -EBUSY)
+		if (ret == -EBUSY) {
+			busy++;
 			continue;
+		}
 		ASSERT_EQ(0, ret);
 		ASSERT_EQ(-1, pat_find_bad(dbuf, len, 0xe8, 0));
+		ok_overlaps += flips0 !=
+			       __atomic_load_n(&race.flips, __ATOMIC_SEQ_CST);
 	}
 	__atomic_store_n(&race.stop, 1, __ATOMIC_RELEASE);
 	ASSERT_EQ(0, pthread_join(thread, NULL));
 	ASSERT_EQ(0, race.ret);
+	TH_LOG("%d reads, %d EBUSY, %d checked ones overlapped %ld mprotects",
+	       reads, busy, ok_overlaps, race.flips);
+	ASSERT_LE(DMA_RACE_MIN_OK_READS, ok_overlaps);
 
 	ASSERT_EQ(0, mprotect(race.va, len, PROT_READ | PROT_WRITE));
 	pat_fill(dbuf, len, 0xe9, 0);
@@ -5609,6 +5712,9 @@ out:
  * Put the calling process in a fresh memory cgroup limited to @max (a
  * memory.max value). Pages it creates from now on are charged there.
  */
+static bool shm_memcg_entered;	/* for dmirror_leftovers_teardown() */
+static bool shm_swap_started;
+
 static int shm_memcg_enter(const char *max)
 {
 	int ret;
@@ -5619,6 +5725,7 @@ static int shm_memcg_enter(const char *max)
 		return ret;
 	if (mkdir(SHM_CGROUP, 0755))
 		return -errno;
+	shm_memcg_entered = true;
 	ret = shm_file_write(SHM_CGROUP "/memory.max", max);
 	if (!ret)
 		ret = shm_file_write(SHM_CGROUP "/cgroup.procs", "0");
@@ -5646,13 +5753,35 @@ static int shm_swap_start(size_t psz)
 	ret = shm_mkswap(SHM_SWAPDEV, psz);
 	if (ret)
 		return ret;
-	return swapon(SHM_SWAPDEV, 0) ? -errno : 0;
+	if (swapon(SHM_SWAPDEV, 0))
+		return -errno;
+	shm_swap_started = true;
+	return 0;
 }
 
-/* Swap on the RAM disk off again; what it holds comes back to memory. */
-static void shm_swap_stop(void)
+#define KSM_SYSFS	"/sys/kernel/mm/ksm/"
+static bool ksm_started;	/* for dmirror_leftovers_teardown() */
+
+/*
+ * Run by FIXTURE_TEARDOWN(dmirror), which also runs after a failed
+ * ASSERT: whatever a case left on (swap on the RAM disk, the process in
+ * the small memory cgroup, the KSM scanner) must not outlive the case,
+ * since later cases and hmm-stress assume no swap. Lifting memory.max
+ * first gives swapoff room to read everything back in.
+ */
+static void dmirror_leftovers_teardown(void)
 {
-	swapoff(SHM_SWAPDEV);
+	if (ksm_started)
+		write_long_file(KSM_SYSFS "run", 2);	/* stop, unmerge */
+	ksm_started = false;
+	if (shm_memcg_entered)
+		shm_file_write(SHM_CGROUP "/memory.max", "max");
+	if (shm_swap_started)
+		swapoff(SHM_SWAPDEV);
+	if (shm_memcg_entered)
+		shm_memcg_leave();
+	shm_swap_started = false;
+	shm_memcg_entered = false;
 }
 
 /* Pages of each side of shmem_swap_while_on_device. */
@@ -5789,7 +5918,6 @@ TEST_F_TIMEOUT(dmirror, migrate_swap_cache_pages, 300)
 	if (access(SHM_SWAPDEV, F_OK))
 		SKIP(return, "%s absent: no RAM disk to swap to", SHM_SWAPDEV);
 	ASSERT_EQ(0, shm_swap_start(self->psz));
-	self->swap_on = true;
 	va = anon_map(len, PROT_READ | PROT_WRITE, true);
 	ASSERT_NE(NULL, va);
 	dbuf = malloc(len);
@@ -6376,7 +6504,21 @@ struct shm_race {
 	unsigned int rounds;	/* of the CPU writer and of the hole puncher */
 	bool stop;		/* for the migrating thread, atomic */
 	int err;		/* first unexpected error of a thread */
+	int cpu_active;		/* writer and puncher running, atomic */
+	long overlaps;		/* migrations done meanwhile, atomic */
+	unsigned int last_gen;	/* the writer's last generation */
+	time_t deadline;	/* for reaching SHM_RACE_MIN_OVERLAPS */
 };
+
+/* Whole-range migrations to the device that must overlap the CPU side. */
+#define SHM_RACE_MIN_OVERLAPS	16
+
+/* Past its rounds, does the CPU side go on until enough overlapped? */
+static bool shm_race_short(struct shm_race *r)
+{
+	return __atomic_load_n(&r->overlaps, __ATOMIC_RELAXED) <
+	       SHM_RACE_MIN_OVERLAPS && time(NULL) < r->deadline;
+}
 
 /* Word @page of generation @gen, as the writer stores it. */
 static __u64 shm_race_word(unsigned int gen, unsigned long page)
@@ -6395,7 +6537,7 @@ static void *shm_race_writer(void *arg)
 	unsigned int gen;
 	__u64 w;
 
-	for (gen = 1; gen <= r->rounds; gen++) {
+	for (gen = 1; gen <= r->rounds || shm_race_short(r); gen++) {
 		for (p = 0; p < SHM_RACE_PAGES; p++) {
 			w = shm_race_word(gen, p);
 			if (gen & 1) {
@@ -6404,10 +6546,13 @@ static void *shm_race_writer(void *arg)
 			} else if (pwrite(r->mfd, &w, sizeof(w),
 					  p * r->psz) != sizeof(w)) {
 				r->err = errno;
-				return NULL;
+				goto out;
 			}
 		}
+		r->last_gen = gen;
 	}
+out:
+	__atomic_sub_fetch(&r->cpu_active, 1, __ATOMIC_SEQ_CST);
 	return NULL;
 }
 
@@ -6418,14 +6563,15 @@ static void *shm_race_puncher(void *arg)
 	size_t off = SHM_RACE_PAGES * r->psz, len = off;
 	unsigned int i;
 
-	for (i = 0; i < r->rounds; i++) {
+	for (i = 0; i < r->rounds || shm_race_short(r); i++) {
 		if (fallocate(r->mfd, FALLOC_FL_PUNCH_HOLE |
 			      FALLOC_FL_KEEP_SIZE, off, len) ||
 		    shm_pwrite_pattern(r->mfd, off, len, 431)) {
 			r->err = errno ? errno : EIO;
-			return NULL;
+			break;
 		}
 	}
+	__atomic_sub_fetch(&r->cpu_active, 1, __ATOMIC_SEQ_CST);
 	return NULL;
 }
 
@@ -6459,6 +6605,10 @@ static void *shm_race_migrator(void *arg)
 			r->err = -ret;
 			break;
 		}
+		/* Every page moved while the CPU side was at work. */
+		if (!ret && i % 4 != 3 &&
+		    __atomic_load_n(&r->cpu_active, __ATOMIC_SEQ_CST))
+			__atomic_add_fetch(&r->overlaps, 1, __ATOMIC_RELAXED);
 	}
 	free(dbuf);
 	return NULL;
@@ -6480,6 +6630,8 @@ TEST_F_TIMEOUT(dmirror, shmem_race_cpu_and_migration, 300)
 		.dev = self->fd,
 		.psz = psz,
 		.rounds = 200,
+		.cpu_active = 2,
+		.deadline = time(NULL) + 120,
 	};
 	long used0;
 	char *dbuf;
@@ -6499,13 +6651,16 @@ TEST_F_TIMEOUT(dmirror, shmem_race_cpu_and_migration, 300)
 	__atomic_store_n(&r.stop, true, __ATOMIC_RELAXED);
 	pthread_join(mig, NULL);
 	ASSERT_EQ(0, r.err);
+	TH_LOG("%ld whole-range migrations overlapped %u writer rounds",
+	       r.overlaps, r.last_gen);
+	ASSERT_LE(SHM_RACE_MIN_OVERLAPS, r.overlaps);
 
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, r.va, dbuf,
 				 npages, &cmd));
 	for (p = 0; p < SHM_RACE_PAGES; p++) {
-		ASSERT_EQ(shm_race_word(r.rounds, p),
+		ASSERT_EQ(shm_race_word(r.last_gen, p),
 			  *(__u64 *)(dbuf + p * psz));
 		ASSERT_EQ(-1, pat_find_bad(dbuf + p * psz + 8, psz - 8, 431,
 					   p * psz + 8));
@@ -6516,7 +6671,7 @@ TEST_F_TIMEOUT(dmirror, shmem_race_cpu_and_migration, 300)
 	ASSERT_EQ(used0, shm_devmem_used(self->fd));
 	ASSERT_EQ((ssize_t)len, pread(r.mfd, dbuf, len, 0));
 	for (p = 0; p < SHM_RACE_PAGES; p++)
-		ASSERT_EQ(shm_race_word(r.rounds, p),
+		ASSERT_EQ(shm_race_word(r.last_gen, p),
 			  *(__u64 *)(dbuf + p * psz));
 	ASSERT_EQ(-1, pat_find_bad(dbuf + half, half, 431, half));
 	ASSERT_EQ(-1, pat_find_bad(r.va + half, half, 431, half));
@@ -6711,8 +6866,13 @@ struct shm_release_race {
 	size_t psz;
 	bool back_by_read;	/* else by MIGRATE_TO_SYS */
 	bool *stop;	/* atomic */
+	long *releases;	/* completed by the main thread, atomic */
+	long overlaps;	/* MIGRATE_TO_DEV that a release overlapped */
 	int err;
 };
+
+/* Migrations of each thread that a release must have overlapped. */
+#define SHM_RELEASE_MIN_OVERLAPS	4
 
 /*
  * Move a part of the file to the device and back, by read() or by
@@ -6725,6 +6885,7 @@ static void *shm_release_race_cpu(void *arg)
 	struct shm_release_race *r = arg;
 	unsigned long npages = r->len / r->psz;
 	struct hmm_dmirror_cmd cmd;
+	long rel0;
 	char *dbuf;
 	int ret;
 
@@ -6734,12 +6895,15 @@ static void *shm_release_race_cpu(void *arg)
 		return NULL;
 	}
 	while (!__atomic_load_n(r->stop, __ATOMIC_RELAXED)) {
+		rel0 = __atomic_load_n(r->releases, __ATOMIC_SEQ_CST);
 		ret = dmirror_req(r->dev, HMM_DMIRROR_MIGRATE_TO_DEV, r->va,
 				  dbuf, npages, &cmd);
 		if (ret && ret != -ENOENT && ret != -ENOMEM) {
 			r->err = -ret;
 			break;
 		}
+		if (rel0 != __atomic_load_n(r->releases, __ATOMIC_SEQ_CST))
+			__atomic_add_fetch(&r->overlaps, 1, __ATOMIC_RELAXED);
 		if (!r->back_by_read)
 			ret = dmirror_req(r->dev, HMM_DMIRROR_MIGRATE_TO_SYS,
 					  r->va, NULL, npages, &cmd);
@@ -6769,9 +6933,10 @@ TEST_F_TIMEOUT(dmirror, shmem_release_races_cpu, 120)
 	struct shm_release_race r[2];
 	struct hmm_dmirror_cmd cmd;
 	bool stop = false;
+	long releases = 0;
 	pthread_t cpu[2];
 	int mfd, ret, i;
-	time_t end;
+	time_t end, now;
 	char *va;
 
 	mfd = shm_memfd_pattern(len, 481);
@@ -6788,23 +6953,41 @@ TEST_F_TIMEOUT(dmirror, shmem_release_races_cpu, 120)
 			.psz = self->psz,
 			.back_by_read = !i,
 			.stop = &stop,
+			.releases = &releases,
 		};
 		ASSERT_EQ(0, pthread_create(&cpu[i], NULL,
 					    shm_release_race_cpu, &r[i]));
 	}
 
-	/* Each release unplugs the memory: a few seconds of them. */
+	/*
+	 * Each release unplugs the memory: a few seconds of them, longer
+	 * (up to 60 s) until each thread saw enough of its migrations
+	 * overlap a release.
+	 */
 	end = time(NULL) + 4;
 	do {
 		ret = dmirror_req(self->fd, HMM_DMIRROR_RELEASE, va, NULL, 1,
 				  &cmd);
-	} while ((!ret || ret == -EBUSY) && time(NULL) < end);
+		if (!ret)
+			__atomic_add_fetch(&releases, 1, __ATOMIC_SEQ_CST);
+		now = time(NULL);
+	} while ((!ret || ret == -EBUSY) &&
+		 (now < end ||
+		  (now < end + 56 &&
+		   (__atomic_load_n(&r[0].overlaps, __ATOMIC_RELAXED) <
+		    SHM_RELEASE_MIN_OVERLAPS ||
+		    __atomic_load_n(&r[1].overlaps, __ATOMIC_RELAXED) <
+		    SHM_RELEASE_MIN_OVERLAPS))));
 	__atomic_store_n(&stop, true, __ATOMIC_RELAXED);
 	for (i = 0; i < 2; i++)
 		pthread_join(cpu[i], NULL);
 	ASSERT_TRUE(ret == 0 || ret == -EBUSY);
 	ASSERT_EQ(0, r[0].err);
 	ASSERT_EQ(0, r[1].err);
+	TH_LOG("%ld releases; overlapped migrations: %ld (back by read()), %ld (by MIGRATE_TO_SYS)",
+	       releases, r[0].overlaps, r[1].overlaps);
+	ASSERT_LE(SHM_RELEASE_MIN_OVERLAPS, r[0].overlaps);
+	ASSERT_LE(SHM_RELEASE_MIN_OVERLAPS, r[1].overlaps);
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 481));
 	ASSERT_EQ(-1, pat_find_bad(va, len, 481, 0));
 
@@ -6916,6 +7099,851 @@ TEST_F_TIMEOUT(dmirror, shmem_release_races_close, 120)
 	ASSERT_EQ(0, r[1].err);
 	ASSERT_LT(0, r[0].checked + r[1].checked);
 	ASSERT_EQ(0, munmap(va, self->psz));
+}
+
+/* ---------------------------------------------------------------------
+ * Features that no case ran end to end before (issue 23, section 5):
+ * what a device lock refuses, swapped-out pages, KSM, poisoned pages,
+ * and how shmem pages in device memory are accounted.
+ */
+
+#include <sys/ptrace.h>
+#include <sys/uio.h>
+
+/* Like cpu_touch(), but an access the mapping forbids gives SIGSEGV. */
+static int cpu_touch_segv(__u64 *p, bool write, __u64 *val)
+{
+	struct sigaction sa, old;
+	int sig;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = cpu_touch_handler;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGSEGV, &sa, &old))
+		return -1;
+	sig = cpu_touch(p, write, val);
+	sigaction(SIGSEGV, &old, NULL);
+	return sig;
+}
+
+/* Does an access to @p raise SIGSEGV with SEGV_ACCERR at exactly @p? */
+static bool cpu_access_segv(void *p, bool write)
+{
+	__u64 v = 0x5e9f5e9f5e9f5e9fULL;
+
+	return cpu_touch_segv(p, write, &v) == SIGSEGV &&
+	       cpu_touch_code == SEGV_ACCERR && cpu_touch_addr == p;
+}
+
+/* Is every byte of @p, @len bytes, equal to @c? */
+static bool all_bytes(const void *p, size_t len, unsigned char c)
+{
+	const unsigned char *b = p;
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (b[i] != c)
+			return false;
+	return true;
+}
+
+struct devlock_trace_job {
+	char *va;
+	size_t psz;
+	__u32 seed;	/* 0: the peeks must fail, else what they read */
+};
+
+/*
+ * Child: attach to the parent with ptrace, PEEKDATA and POKEDATA a word
+ * of each page. With the pages locked both fail with EIO; unlocked they
+ * read the pattern (and the poke writes back what was there).
+ */
+static int devlock_trace_child(void *arg)
+{
+	struct devlock_trace_job *job = arg;
+	pid_t parent = getppid();
+	int status, ret = 0;
+	long word;
+
+	if (ptrace(PTRACE_ATTACH, parent, NULL, NULL))
+		return 40;
+	if (waitpid(parent, &status, __WALL) != parent || !WIFSTOPPED(status))
+		return 41;
+	errno = 0;
+	word = ptrace(PTRACE_PEEKDATA, parent, job->va + 8, NULL);
+	if (!job->seed) {
+		if (word != -1 || errno != EIO)
+			ret = 42;
+		else if (ptrace(PTRACE_POKEDATA, parent, job->va + 8,
+				(void *)0x5a5a5a5aL) != -1 || errno != EIO)
+			ret = 43;
+	} else if (errno || (__u64)word != pat_word(job->seed, 1)) {
+		ret = 44;
+	} else if (ptrace(PTRACE_POKEDATA, parent, job->va + 8,
+			  (void *)word)) {
+		ret = 45;
+	}
+	if (ptrace(PTRACE_DETACH, parent, NULL, NULL))
+		return 46;
+	return ret;
+}
+
+#define DEVLOCK_ODIRECT_OFF	(128 * SZ_1M)	/* unused part of ram0 */
+static int devlock_odirect_errno;	/* of the call that went wrong */
+
+/*
+ * O_DIRECT I/O between /dev/ram0 and @va: the block layer pins the user
+ * pages with get_user_pages(). Returns 0 if both directions fail with
+ * EFAULT and the disk block keeps its zeros, 1 if the RAM disk is absent,
+ * else a code saying what went wrong.
+ */
+static int devlock_odirect_refused(char *va, size_t psz)
+{
+	void *blk;
+	int fd, ret = 0;
+
+	fd = open(SHM_SWAPDEV, O_RDWR | O_DIRECT | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 1 : 50;
+	if (posix_memalign(&blk, psz, psz)) {
+		close(fd);
+		return 51;
+	}
+	memset(blk, 0, psz);
+	if (pwrite(fd, blk, psz, DEVLOCK_ODIRECT_OFF) != (ssize_t)psz)
+		ret = 52;
+	else if (pwrite(fd, va, psz, DEVLOCK_ODIRECT_OFF) != -1 ||
+		 errno != EFAULT)
+		ret = 53;
+	else if (pread(fd, va, psz, DEVLOCK_ODIRECT_OFF) != -1 ||
+		 errno != EFAULT)
+		ret = 54;
+	else if (pread(fd, blk, psz, DEVLOCK_ODIRECT_OFF) != (ssize_t)psz ||
+		 !all_bytes(blk, psz, 0))
+		ret = 55;
+	if (ret)
+		devlock_odirect_errno = errno;
+	free(blk);
+	close(fd);
+	return ret;
+}
+
+/*
+ * get_user_pages() on locked pages fails, whoever asks: /proc/PID/mem,
+ * process_vm_readv()/writev(), O_DIRECT and ptrace all get an error, no
+ * byte of the device's data reaches their buffers and nothing they would
+ * write reaches the pages. Once unlocked, the same calls work and see the
+ * device's data (which shows that the refusals came from the lock).
+ */
+TEST_F(devlock, gup_refused)
+{
+	const unsigned long npages = 8;
+	size_t psz = self->psz, len = npages * psz;
+	struct devlock_trace_job job = { .psz = psz };
+	struct iovec local, remote;
+	struct hmm_dmirror_cmd cmd;
+	char *va, *buf;
+	int memfd, ret;
+
+	va = devlock_map_migrated(self->fd, npages, psz, 130);
+	ASSERT_NE(NULL, va);
+	job.va = va;
+	buf = malloc(len);
+	ASSERT_NE(NULL, buf);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_LOCK, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(npages, locked_pages(self->fd, va, npages));
+
+	/* /proc/self/mem: access_remote_vm() reports nothing done: EIO. */
+	memfd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+	ASSERT_LE(0, memfd);
+	memset(buf, 0x5a, len);
+	ASSERT_EQ(-1, pread(memfd, buf, len, (off_t)(uintptr_t)va));
+	ASSERT_EQ(EIO, errno);
+	ASSERT_TRUE(all_bytes(buf, len, 0x5a));
+	ASSERT_EQ(-1, pwrite(memfd, buf, psz, (off_t)(uintptr_t)va));
+	ASSERT_EQ(EIO, errno);
+
+	/* process_vm_readv()/writev() pin the remote pages: EFAULT. */
+	local.iov_base = buf;
+	local.iov_len = len;
+	remote.iov_base = va;
+	remote.iov_len = len;
+	ASSERT_EQ(-1, process_vm_readv(getpid(), &local, 1, &remote, 1, 0));
+	ASSERT_EQ(EFAULT, errno);
+	ASSERT_TRUE(all_bytes(buf, len, 0x5a));
+	ASSERT_EQ(-1, process_vm_writev(getpid(), &local, 1, &remote, 1, 0));
+	ASSERT_EQ(EFAULT, errno);
+
+	ret = devlock_odirect_refused(va, psz);
+	if (ret == 1)
+		TH_LOG("%s absent: O_DIRECT not checked", SHM_SWAPDEV);
+	else if (ret)
+		TH_LOG("O_DIRECT step %d: %s", ret,
+		       strerror(devlock_odirect_errno));
+	if (ret != 1)
+		ASSERT_EQ(0, ret);
+
+	ASSERT_EQ(0, in_child(devlock_trace_child, &job));
+
+	/* All the while the pages stayed locked and the data on the device. */
+	ASSERT_EQ(npages, locked_pages(self->fd, va, npages));
+	memset(buf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, buf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(buf, len, 130, 0));
+	/* Read-only: the ptrace child's fork() write-protected them. */
+	expect_snap(_metadata, self->fd, va, npages, 0, npages,
+		    HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | DEV_RO);
+
+	/* Unlocked, the same calls go through and find the device's data. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_UNLOCK, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	job.seed = 130;
+	ASSERT_EQ(0, in_child(devlock_trace_child, &job));
+	memset(buf, 0, len);
+	ASSERT_EQ((ssize_t)len, pread(memfd, buf, len, (off_t)(uintptr_t)va));
+	ASSERT_EQ(-1, pat_find_bad(buf, len, 130, 0));
+	memset(buf, 0, len);
+	ASSERT_EQ((ssize_t)len,
+		  process_vm_readv(getpid(), &local, 1, &remote, 1, 0));
+	ASSERT_EQ(-1, pat_find_bad(buf, len, 130, 0));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 130, 0));
+	close(memfd);
+	free(buf);
+	munmap(va, len);
+}
+
+/*
+ * An access that the mapping's protection forbids gets SIGSEGV as on any
+ * page; only an allowed access meets the lock (SIGBUS). The lock and the
+ * data survive both.
+ */
+TEST_F(devlock, mprotect_gives_sigsegv)
+{
+	const unsigned long npages = 8;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	char *va;
+
+	va = devlock_map_migrated(self->fd, npages, psz, 131);
+	ASSERT_NE(NULL, va);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_LOCK, va, NULL,
+				 npages, &cmd));
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_NONE));
+	ASSERT_TRUE(cpu_access_segv(va + psz + 16, false));
+	ASSERT_TRUE(cpu_access_segv(va + 2 * psz + 24, true));
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
+	ASSERT_TRUE(cpu_access_segv(va + 3 * psz + 32, true));
+	ASSERT_TRUE(cpu_read_sigbus(va + 3 * psz + 32));
+	ASSERT_EQ(npages, locked_pages(self->fd, va, npages));
+
+	ASSERT_EQ(0, mprotect(va, len, PROT_READ | PROT_WRITE));
+	ASSERT_TRUE(cpu_write_sigbus(va + 4 * psz));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_UNLOCK, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 131, 0));
+	munmap(va, len);
+}
+
+/* Child of ends_at_exit: lock pages in device memory and just exit. */
+static int devlock_exit_child(void *arg)
+{
+	const unsigned long npages = 16;
+	size_t psz = sysconf(_SC_PAGESIZE);
+	long used0 = *(long *)arg;
+	struct hmm_dmirror_cmd cmd;
+	char *va;
+	int fd;
+
+	fd = dmirror_open(0);
+	if (fd < 0)
+		return 60;
+	va = devlock_map_migrated(fd, npages, psz, 132);
+	if (!va)
+		return 61;
+	if (dmirror_req(fd, HMM_DMIRROR_LOCK, va, NULL, npages, &cmd))
+		return 62;
+	if (locked_pages(fd, va, npages) != (long)npages)
+		return 63;
+	if (shm_devmem_used(fd) < used0 + (long)npages)
+		return 64;
+	return 0;	/* no unlock, no munmap, no close */
+}
+
+/*
+ * The lock ends with the process: its locked device pages are freed at
+ * exit (devmem_used is back), and the memory serves the next lock.
+ */
+TEST_F(devlock, ends_at_exit)
+{
+	const unsigned long npages = 16;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	long used0, pin0 = vmpin_kb();
+	char *va;
+	int i;
+
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	for (i = 0; i < 3; i++) {
+		ASSERT_EQ(0, in_child(devlock_exit_child, &used0));
+		ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	}
+	va = devlock_map_migrated(self->fd, npages, psz, 133);
+	ASSERT_NE(NULL, va);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_LOCK, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(pin0 + (long)(len >> 10), vmpin_kb());
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_UNLOCK, va, NULL,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 133, 0));
+	munmap(va, len);
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+}
+
+struct devlock_cow_job {
+	char *va;
+	size_t len;
+	int pipe_go[2];	/* parent -> child: the parent has written */
+};
+
+/* Fork child: wait for the parent's device write, then check our copy. */
+static int devlock_cow_child(void *arg)
+{
+	struct devlock_cow_job *job = arg;
+	char c;
+
+	if (read(job->pipe_go[0], &c, 1) != 1)
+		return 70;
+	return pat_find_bad(job->va, job->len, 134, 0) == -1 ? 0 : 71;
+}
+
+/*
+ * After fork the locked pages are read-only in both processes: a device
+ * write, which needs them writable, fails until the parent unlocks, and
+ * changes nothing; device reads go on. After the unlock the write goes
+ * to the parent's copy only: the child still reads what was there at
+ * fork time.
+ */
+TEST_F(devlock, device_write_after_fork)
+{
+	const unsigned long npages = 8;
+	size_t psz = self->psz, len = npages * psz;
+	struct devlock_cow_job job = { .len = len };
+	struct hmm_dmirror_cmd cmd;
+	int status, ret;
+	char *dbuf;
+	pid_t pid;
+
+	job.va = devlock_map_migrated(self->fd, npages, psz, 134);
+	ASSERT_NE(NULL, job.va);
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_EQ(0, pipe(job.pipe_go));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_LOCK, job.va, NULL,
+				 npages, &cmd));
+
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0)
+		_exit(devlock_cow_child(&job));
+
+	pat_fill(dbuf, len, 135, 0);
+	ret = dmirror_req(self->fd, HMM_DMIRROR_WRITE, job.va, dbuf, npages,
+			  &cmd);
+	TH_LOG("device write of locked pages after fork: %d (%s)", ret,
+	       ret ? strerror(-ret) : "no error");
+	ASSERT_NE(0, ret);
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, job.va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 134, 0));
+	ASSERT_EQ(npages, locked_pages(self->fd, job.va, npages));
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_UNLOCK, job.va, NULL,
+				 npages, &cmd));
+	pat_fill(dbuf, len, 135, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, job.va, dbuf,
+				 npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(job.va, len, 135, 0));
+
+	ASSERT_EQ(1, write(job.pipe_go[1], "g", 1));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status));
+	ASSERT_EQ(0, WEXITSTATUS(status));
+	ASSERT_EQ(-1, pat_find_bad(job.va, len, 135, 0));
+	free(dbuf);
+	munmap(job.va, len);
+}
+
+/*
+ * Value in kB of field @key ("Rss", "Swap", ...) of the /proc/self/smaps
+ * entry of the mapping that starts at @va, or -1.
+ */
+static long smaps_kb(void *va, const char *key)
+{
+	size_t klen = strlen(key);
+	unsigned long start, end;
+	bool in = false;
+	char line[256];
+	long val = -1;
+	FILE *f;
+
+	f = fopen("/proc/self/smaps", "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &start, &end) == 2 &&
+		    strchr(line, '-') < strchr(line, ' ')) {
+			in = start == (uintptr_t)va;
+			continue;
+		}
+		if (in && !strncmp(line, key, klen) && line[klen] == ':') {
+			val = strtol(line + klen + 1, NULL, 10);
+			break;
+		}
+	}
+	fclose(f);
+	return val;
+}
+
+/*
+ * MADV_PAGEOUT @va until all of its @len bytes are in swap (smaps Swap),
+ * a few tries since pages still on a per-CPU LRU list are skipped.
+ * Returns the kB swapped.
+ */
+static long pageout_all(char *va, size_t len)
+{
+	long kb = -1;
+	int i;
+
+	for (i = 0; i < 10; i++) {
+		if (madvise(va, len, MADV_PAGEOUT))
+			return -1;
+		kb = smaps_kb(va, "Swap");
+		if (kb >= (long)(len >> 10))
+			break;
+		usleep(10000);
+	}
+	return kb;
+}
+
+/*
+ * hmm_range_fault() of swapped-out pages: SNAPSHOT (no fault) reports
+ * them not present, a device read faults them in from swap and reads
+ * the data that was written before they went out; then they are mapped
+ * again. @va maps @len bytes of pattern @seed.
+ */
+static void expect_swapped_read(struct __test_metadata *_metadata, int fd,
+				char *va, size_t len, size_t psz, __u32 seed)
+{
+	unsigned long npages = len / psz;
+	struct hmm_dmirror_cmd cmd;
+	unsigned char *snap;
+	unsigned long i;
+	char *dbuf;
+
+	dbuf = malloc(len);
+	snap = malloc(npages);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_NE(NULL, snap);
+	ASSERT_EQ((long)(len >> 10), pageout_all(va, len));
+	ASSERT_EQ(0, dmirror_req(fd, HMM_DMIRROR_SNAPSHOT, va, snap, npages,
+				 &cmd));
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(HMM_DMIRROR_PROT_NONE, snap[i]);
+
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(fd, HMM_DMIRROR_READ, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_LE(1, cmd.faults);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, seed, 0));
+	ASSERT_EQ(0, smaps_kb(va, "Swap"));
+	ASSERT_EQ(0, dmirror_req(fd, HMM_DMIRROR_SNAPSHOT, va, snap, npages,
+				 &cmd));
+	for (i = 0; i < npages; i++)
+		ASSERT_NE(HMM_DMIRROR_PROT_NONE, snap[i]);
+	ASSERT_EQ(-1, pat_find_bad(va, len, seed, 0));
+	free(snap);
+	free(dbuf);
+}
+
+/* Anonymous pages in swap: the device read brings them back intact. */
+TEST_F_TIMEOUT(dmirror, swapped_out_anon_read, 120)
+{
+	const unsigned long npages = 64;
+	size_t len = npages * self->psz;
+	char *va;
+
+	if (access(SHM_SWAPDEV, F_OK))
+		SKIP(return, "%s absent: no RAM disk to swap to", SHM_SWAPDEV);
+	ASSERT_EQ(0, shm_swap_start(self->psz));
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	ASSERT_NE(NULL, va);
+	pat_fill(va, len, 140, 0);
+	expect_swapped_read(_metadata, self->fd, va, len, self->psz, 140);
+	ASSERT_EQ(0, munmap(va, len));
+	ASSERT_EQ(0, swapoff(SHM_SWAPDEV));
+}
+
+/* Shmem pages in swap: the device read brings them back intact. */
+TEST_F_TIMEOUT(dmirror, swapped_out_shmem_read, 120)
+{
+	const unsigned long npages = 64;
+	size_t len = npages * self->psz;
+	char *va;
+	int mfd;
+
+	if (access(SHM_SWAPDEV, F_OK))
+		SKIP(return, "%s absent: no RAM disk to swap to", SHM_SWAPDEV);
+	ASSERT_EQ(0, shm_swap_start(self->psz));
+	mfd = shm_memfd_pattern(len, 141);
+	ASSERT_LE(0, mfd);
+	va = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	ASSERT_EQ(-1, pat_find_bad(va, len, 141, 0));
+	expect_swapped_read(_metadata, self->fd, va, len, self->psz, 141);
+	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 141));
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+	ASSERT_EQ(0, swapoff(SHM_SWAPDEV));
+}
+
+/* Merged pages of this process, from /proc/self/ksm_merging_pages. */
+static long ksm_merged_count(void)
+{
+	return read_long_file("/proc/self/ksm_merging_pages");
+}
+
+/*
+ * KSM merges two identical regions A and B page by page. The device reads
+ * the merged pages (read-only, shared), migration leaves them where they
+ * are, and a device write to A breaks the sharing: A gets the device's
+ * data, B keeps its own. A, no longer merged, then migrates as usual.
+ */
+TEST_F_TIMEOUT(dmirror, ksm_merged_pages, 120)
+{
+	const unsigned long npages = 32;
+	size_t len = npages * self->psz;
+	struct hmm_dmirror_cmd cmd;
+	unsigned char *snap;
+	char *a, *b, *dbuf;
+	long used0, merged = 0;
+	unsigned long i;
+	time_t end;
+	int ret;
+
+	if (access(KSM_SYSFS "run", F_OK))
+		SKIP(return, "no KSM (CONFIG_KSM off)");
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	a = anon_map(len, PROT_READ | PROT_WRITE, true);
+	b = anon_map(len, PROT_READ | PROT_WRITE, true);
+	dbuf = malloc(len);
+	snap = malloc(npages);
+	ASSERT_NE(NULL, a);
+	ASSERT_NE(NULL, b);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_NE(NULL, snap);
+	pat_fill(a, len, 142, 0);
+	pat_fill(b, len, 142, 0);
+	ASSERT_EQ(0, madvise(a, len, MADV_MERGEABLE));
+	ASSERT_EQ(0, madvise(b, len, MADV_MERGEABLE));
+
+	ASSERT_EQ(0, write_long_file(KSM_SYSFS "sleep_millisecs", 0));
+	ASSERT_EQ(0, write_long_file(KSM_SYSFS "pages_to_scan", 1000));
+	ksm_started = true;
+	ASSERT_EQ(0, write_long_file(KSM_SYSFS "run", 1));
+	for (end = time(NULL) + 60; time(NULL) < end; usleep(20000)) {
+		merged = ksm_merged_count();
+		if (merged >= (long)(2 * npages))
+			break;
+	}
+	ASSERT_EQ(0, write_long_file(KSM_SYSFS "run", 0));
+	TH_LOG("%ld of %lu pages merged", merged, 2 * npages);
+	ASSERT_EQ((long)(2 * npages), merged);
+
+	/* Merged pages are read-only to the device too. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, a, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 142, 0));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, a, snap,
+				 npages, &cmd));
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(DEV_RO, snap[i]);
+
+	/*
+	 * Migration leaves KSM pages alone: nothing moves, nothing changes.
+	 * (The request itself may succeed: the device hands back what it
+	 * mirrors, and it mirrors the merged pages since the read above.)
+	 */
+	ret = dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, a, dbuf,
+			  npages, &cmd);
+	ASSERT_TRUE(ret == 0 || ret == -ENOENT);
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, a, snap,
+				 npages, &cmd));
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(DEV_RO, snap[i]);
+	ASSERT_EQ((long)(2 * npages), ksm_merged_count());
+	ASSERT_EQ(-1, pat_find_bad(a, len, 142, 0));
+	ASSERT_EQ(-1, pat_find_bad(b, len, 142, 0));
+
+	/* A device write to A unshares it; B keeps the old data. */
+	pat_fill(dbuf, len, 143, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, a, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(a, len, 143, 0));
+	ASSERT_EQ(-1, pat_find_bad(b, len, 142, 0));
+	memset(dbuf, 0, len);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, b, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 142, 0));
+
+	/* A is ordinary anonymous memory again and migrates. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, a,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 143, 0));
+	ASSERT_EQ(used0 + (long)npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, a,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(-1, pat_find_bad(a, len, 143, 0));
+	ASSERT_EQ(-1, pat_find_bad(b, len, 142, 0));
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+
+	ASSERT_EQ(0, write_long_file(KSM_SYSFS "run", 2));
+	ksm_started = false;
+	free(snap);
+	free(dbuf);
+	munmap(a, len);
+	munmap(b, len);
+}
+
+/*
+ * A poisoned page (MADV_HWPOISON, as memory_failure() leaves it) is
+ * HMM_PFN_ERROR: SNAPSHOT reports it as an error, a device read that
+ * includes it fails with EFAULT, and its neighbours still read and
+ * migrate with their data. The page stays poisoned for the rest of the
+ * boot: one page of RAM.
+ */
+/*
+ * MADV_HWPOISON @p: memory_failure() as for an error the CPU consumed,
+ * which sends the caller SIGBUS (BUS_MCEERR_AR) at @p. Returns 0 when
+ * the page got poisoned that way.
+ */
+static int hwpoison_page(char *p, size_t psz)
+{
+	struct sigaction sa, old;
+	int ret;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = cpu_touch_handler;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, &old))
+		return -errno;
+	cpu_touch_sig = 0;
+	ret = 0;
+	if (!sigsetjmp(cpu_touch_env, 1))
+		ret = madvise(p, psz, MADV_HWPOISON) ? -errno : 0;
+	sigaction(SIGBUS, &old, NULL);
+	if (ret)
+		return ret;
+	if (cpu_touch_sig && (cpu_touch_sig != SIGBUS ||
+			      cpu_touch_code != BUS_MCEERR_AR))
+		return -EPROTO;
+	return 0;
+}
+
+TEST_F(dmirror, hwpoison_page_is_error)
+{
+	const unsigned long npages = 8, bad = 3;
+	size_t psz = self->psz, len = npages * psz;
+	struct hmm_dmirror_cmd cmd;
+	unsigned char *snap;
+	char *va, *dbuf;
+	unsigned long i;
+
+	va = anon_map(len, PROT_READ | PROT_WRITE, true);
+	dbuf = malloc(len);
+	snap = malloc(npages);
+	ASSERT_NE(NULL, va);
+	ASSERT_NE(NULL, dbuf);
+	ASSERT_NE(NULL, snap);
+	pat_fill(va, len, 144, 0);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf, npages,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 144, 0));
+
+	ASSERT_EQ(0, hwpoison_page(va + bad * psz, psz));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
+				 npages, &cmd));
+	for (i = 0; i < npages; i++)
+		ASSERT_EQ(i == bad ? HMM_DMIRROR_PROT_ERROR : DEV_RW, snap[i]);
+
+	memset(dbuf, 0x5a, len);
+	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
+				       npages, &cmd));
+	ASSERT_TRUE(all_bytes(dbuf + bad * psz, psz, 0x5a));
+
+	/* The neighbours on either side. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf, bad,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, bad * psz, 144, 0));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ,
+				 va + (bad + 1) * psz, dbuf, npages - bad - 1,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(dbuf, (npages - bad - 1) * psz, 144,
+				   (bad + 1) * psz));
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
+				 va + (bad + 1) * psz, dbuf, npages - bad - 1,
+				 &cmd));
+	ASSERT_EQ(npages - bad - 1, cmd.cpages);
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS,
+				 va + (bad + 1) * psz, NULL, npages - bad - 1,
+				 &cmd));
+	ASSERT_EQ(-1, pat_find_bad(va, bad * psz, 144, 0));
+	ASSERT_EQ(-1, pat_find_bad(va + (bad + 1) * psz,
+				   (npages - bad - 1) * psz, 144,
+				   (bad + 1) * psz));
+	free(snap);
+	free(dbuf);
+	/* munmap() drops the poison entry; the page itself stays retired. */
+	munmap(va, len);
+}
+
+/* memory.current of the hmm-tests-shmem cgroup, in bytes, or -1. */
+static long shm_memcg_current(void)
+{
+	return read_long_file(SHM_CGROUP "/memory.current");
+}
+
+/*
+ * memory.current once it is within @slack of @want, or its last value
+ * after a second: pages freed by a migration may be uncharged a little
+ * after the ioctl returns.
+ */
+static long shm_memcg_settled(long want, long slack)
+{
+	long cur = -1;
+	int i;
+
+	for (i = 0; i < 100; i++) {
+		cur = shm_memcg_current();
+		if (cur >= want - slack && cur <= want + slack)
+			break;
+		usleep(10000);
+	}
+	return cur;
+}
+
+#define SHM_ACCT_PAGES	256	/* 1 MiB: well above memcg's noise */
+
+/*
+ * What Documentation/mm/hmm.rst says of shmem pages in device-private
+ * memory: the inode counts them as swapped, so the Swap figure of the
+ * mapping in /proc/self/smaps shows them (and Rss no longer does, no PTE
+ * maps them), and their memcg charge moves to the device page and back:
+ * memory.current of the cgroup neither drops nor doubles, and falls by
+ * their size when a hole punch frees them in device memory.
+ * Device-coherent pages stay in the page cache where the CPU maps them:
+ * no Swap there.
+ */
+TEST_F(dmirror, shmem_device_pages_accounting)
+{
+	const unsigned long npages = SHM_ACCT_PAGES;
+	size_t len = npages * self->psz;
+	long kb = (long)(len >> 10), slack = (long)(len / 4);
+	bool coh = variant->coherent;
+	struct hmm_dmirror_cmd cmd;
+	long used0, cur0, cur;
+	char *va, *dbuf;
+	int mfd;
+
+	if (access(SHM_CGROOT "/cgroup.subtree_control", F_OK))
+		SKIP(return, "no cgroup v2 at %s", SHM_CGROOT);
+	/*
+	 * The bounce buffer's pages are charged now, outside the cgroup:
+	 * MIGRATE_TO_DEV copies into it, and pages it faulted in there
+	 * would be a 1 MiB charge the file's pages do not explain.
+	 */
+	dbuf = malloc(len);
+	ASSERT_NE(NULL, dbuf);
+	memset(dbuf, 0, len);
+	used0 = shm_devmem_used(self->fd);
+	ASSERT_LE(0, used0);
+	ASSERT_EQ(0, shm_memcg_enter("max"));
+	cur0 = shm_memcg_current();
+	ASSERT_LE(0, cur0);
+
+	mfd = shm_memfd_pattern(len, 145);
+	ASSERT_LE(0, mfd);
+	va = shm_map(mfd, len, MAP_SHARED);
+	ASSERT_NE(NULL, va);
+	shm_touch(va, len, self->psz);
+	ASSERT_EQ(kb, smaps_kb(va, "Rss"));
+	ASSERT_EQ(0, smaps_kb(va, "Swap"));
+	cur = shm_memcg_current();
+	TH_LOG("memory.current: %ld before the file, %ld with it", cur0, cur);
+	ASSERT_LE(cur0 + (long)len - slack, cur);
+	cur0 = cur;
+
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 145, 0));
+	ASSERT_EQ(used0 + (long)npages, shm_devmem_used(self->fd));
+	if (coh)
+		shm_touch(va, len, self->psz);
+	ASSERT_EQ(coh ? 0 : kb, smaps_kb(va, "Swap"));
+	ASSERT_EQ(coh ? kb : 0, smaps_kb(va, "Rss"));
+	cur = shm_memcg_settled(cur0, slack);
+	TH_LOG("memory.current with the file in device memory: %ld", cur);
+	/* EXPECT: the figures of the steps below tell what went wrong. */
+	EXPECT_LE(cur0 - slack, cur);
+	EXPECT_GE(cur0 + slack, cur);
+
+	/* Back in system memory: the figures are back too. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
+				 NULL, npages, &cmd));
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(-1, pat_find_bad(va, len, 145, 0));
+	ASSERT_EQ(0, smaps_kb(va, "Swap"));
+	ASSERT_EQ(kb, smaps_kb(va, "Rss"));
+	cur = shm_memcg_settled(cur0, slack);
+	TH_LOG("memory.current back in system memory: %ld", cur);
+	EXPECT_LE(cur0 - slack, cur);
+	EXPECT_GE(cur0 + slack, cur);
+
+	/* Freed in device memory, the pages take their charge with them. */
+	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
+				 dbuf, npages, &cmd));
+	ASSERT_EQ(npages, cmd.cpages);
+	ASSERT_EQ(0, fallocate(mfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			       0, len));
+	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(0, smaps_kb(va, "Swap"));
+	cur = shm_memcg_settled(cur0 - (long)len, slack);
+	TH_LOG("memory.current after the hole punch: %ld", cur);
+	EXPECT_GE(cur0 - (long)len + slack, cur);
+
+	/* With the file gone, the cgroup is back where it started. */
+	ASSERT_EQ(0, munmap(va, len));
+	close(mfd);
+	cur = shm_memcg_settled(cur0 - (long)len, slack);
+	TH_LOG("memory.current with the file closed: %ld", cur);
+	EXPECT_GE(cur0 - (long)len + slack, cur);
+	free(dbuf);
+	shm_memcg_leave();
 }
 
 TEST_HARNESS_MAIN
