@@ -881,7 +881,7 @@ static int check_data(const struct req *q, const unsigned char *data,
 
 	for (i = 0; i < n; i++) {
 		if (content_check(q->pg[i], data + i * PAGE))
-			return MISMATCH("%s on device %d: page %lu of %#llx (model page %d) differs from the shadow",
+			return MISMATCH("%s dev %d: page %lu of %#llx (model %d) != shadow",
 					cmds[q->c].name, q->d, i,
 					(unsigned long long)q->cmd.addr,
 					q->pg[i]);
@@ -1103,7 +1103,7 @@ static int model_dma_stats(struct req *q, int err)
 	    st->mappings > st->mapped_pages || st->huge > st->mappings ||
 	    !st->max_mapping ||
 	    (v->unmapped && (st->mappings || st->mapped_pages)))
-		return MISMATCH("DMA_STATS on device %d: mappings %llu huge %llu mapped_pages %llu local %llu max_mapping %llu, window %llu pages%s",
+		return MISMATCH("DMA_STATS %d: n %llu huge %llu pg %llu loc %llu max %llu w %llu%s",
 				q->d, (unsigned long long)st->mappings,
 				(unsigned long long)st->huge,
 				(unsigned long long)st->mapped_pages,
@@ -1409,7 +1409,7 @@ static int model_snapshot(struct req *q, int err)
 		for (j = 0; j < k && set[j] != got[i]; j++)
 			;
 		if (j == k)
-			return MISMATCH("SNAPSHOT on device %d: page %lu of %#llx (model page %d, loc %#x ms %#x thp %d) is %#x, model allows %#x%s",
+			return MISMATCH("SNAPSHOT %d: %lu of %#llx (%d %#x %#x %d) %#x want %#x%s",
 					q->d, i, (unsigned long long)q->cmd.addr,
 					q->pg[i], q->pg[i] < 0 ? 0 : pm[q->pg[i]].loc,
 					q->pg[i] < 0 ? 0 : pm[q->pg[i]].ms,
@@ -1600,7 +1600,7 @@ static int model_lock_query(struct req *q, int err)
 		bool sure = may && pm[p].loc == dl && pm[p].lk_sure;
 
 		if (got[i] > 1 || (got[i] && !may) || (!got[i] && sure))
-			return MISMATCH("LOCK_QUERY on device %d: page %lu of %#llx is %u, model %s",
+			return MISMATCH("LOCK_QUERY dev %d: page %lu of %#llx is %u, model %s",
 					q->d, i, (unsigned long long)q->cmd.addr,
 					got[i], sure ? "locked" : may ? "either" : "unlocked");
 		ones += got[i];
@@ -1784,7 +1784,7 @@ static int check_malformed(struct req *q, const struct hmm_dmirror_cmd *sent,
 			   int err)
 {
 	if (err != q->expect)
-		return MISMATCH("malformed request (nr %#lx fd %d addr %#llx npages %#llx): got %s, expected %s",
+		return MISMATCH("malformed (nr %#lx fd %d %#llx n %#llx): got %s, want %s",
 				q->nr, q->fd, (unsigned long long)sent->addr,
 				(unsigned long long)sent->npages,
 				errname(err), errname(q->expect));
@@ -1974,7 +1974,7 @@ static int cpu_compare(int r)
 		char *va = page_addr(p);
 
 		if (va && content_check(p, va))
-			return MISMATCH("final CPU check: model page %d (region %d) differs from the shadow",
+			return MISMATCH("final CPU check: page %d (region %d) != shadow",
 					p, r);
 	}
 	return 0;
@@ -2007,10 +2007,10 @@ static int final_check(void)
 		long used = dev[d].present ? devmem_used(dev[d].rdev) : 0;
 
 		if (used > excl[d])
-			return MISMATCH("device %d: devmem_used %ld after every file closed, %ld pages may be under exclusive entries",
+			return MISMATCH("device %d: devmem_used %ld after close, %ld exclusive",
 					d, used, excl[d]);
 		if (used)
-			ksft_print_msg("device %d: %ld pages under device-exclusive entries not given back at close (of %ld that may be)\n",
+			ksft_print_msg("device %d: %ld exclusive pages kept at close (of %ld)\n",
 				       d, used, excl[d]);
 	}
 	return 0;
@@ -2067,7 +2067,7 @@ static void test_fuzz(uint64_t seed, unsigned long iters, int seconds)
 		ksft_print_msg("iteration %lu: %s\n", it - 1, why);
 		history_print();
 		print_coverage();
-		ksft_test_result_fail("fuzz_ioctl: iteration %lu: the model disagrees (replay: -s %llu -n %lu)\n",
+		ksft_test_result_fail("fuzz_ioctl: iteration %lu: wrong (-s %llu -n %lu)\n",
 				      it - 1, (unsigned long long)seed, it);
 		devices_close();
 		return;
