@@ -785,6 +785,9 @@ static int dmirror_pt_fill(struct dmirror *dmirror, struct hmm_range *range,
 			return -EFAULT;
 		if (hpfn & HMM_PFN_WRITE)
 			flags |= DPTE_WRITE;
+		else if (write && hmm_devlock_page_locked(page))
+			/* Locked to the device: unsharing would move it. */
+			return -EFAULT;
 		else if (write)
 			/* Our own read-only page: dmirror_pt_unshare(). */
 			return is_device_private_page(page) ? -EAGAIN : -EPERM;
