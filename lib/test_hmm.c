@@ -1828,6 +1828,29 @@ static int dmirror_dma_access(struct dmirror *dmirror, unsigned long idx,
 }
 
 /*
+ * Whether the device may write the @n pages of @pfns, which a write fault
+ * just returned: our own device pages come back as they are mapped, so a
+ * read-only one (the parent's after fork()) is brought home first, as
+ * dmirror_pt_fill() does for device writes (-EAGAIN), unless it is locked
+ * to the device (-EFAULT).
+ */
+static int dmirror_dma_writable(const unsigned long *pfns, unsigned long n)
+{
+	unsigned long i;
+
+	for (i = 0; i < n; i++) {
+		struct page *page = hmm_pfn_to_page(pfns[i]);
+
+		if (pfns[i] & HMM_PFN_WRITE)
+			continue;
+		if (hmm_devlock_page_locked(page))
+			return -EFAULT;
+		return is_device_private_page(page) ? -EAGAIN : -EPERM;
+	}
+	return 0;
+}
+
+/*
  * One batch of a DMA request: fault the pages in for the device, map them
  * and move the data, all under pt_lock so no invalidation can unmap a page
  * while the device is at it.
@@ -1845,13 +1868,25 @@ static int dmirror_dma_batch(struct dmirror *dmirror, unsigned long first,
 				 (write ? HMM_PFN_REQ_WRITE : 0),
 		.dev_private_owner = dmirror->mdev,
 	};
+	unsigned int tries = 0;
 	unsigned long i;
 	int ret;
 
-	ret = hmm_mirror_range_fault(&dmirror->mirror, &range,
-				     &dmirror->pt_lock);
-	if (ret)
-		return ret;
+	for (;;) {
+		ret = hmm_mirror_range_fault(&dmirror->mirror, &range,
+					     &dmirror->pt_lock);
+		if (ret)
+			return ret;
+		ret = write ? dmirror_dma_writable(range.hmm_pfns, n) : 0;
+		if (ret != -EAGAIN)
+			break;
+		mutex_unlock(&dmirror->pt_lock);
+		if (++tries > DMIRROR_UNSHARE_TRIES)
+			return -EBUSY;
+		ret = dmirror_pt_unshare(dmirror, range.start, range.end);
+		if (ret)
+			return ret;
+	}
 	for (i = 0; i < n && !ret; i++)
 		ret = dmirror_dma_access(dmirror, first + i,
 					 buf + (i << PAGE_SHIFT), op);
