@@ -785,9 +785,6 @@ static int dmirror_pt_fill(struct dmirror *dmirror, struct hmm_range *range,
 			return -EFAULT;
 		if (hpfn & HMM_PFN_WRITE)
 			flags |= DPTE_WRITE;
-		else if (write && hmm_devlock_page_locked(page))
-			/* Locked to the device: unsharing would move it. */
-			return -EFAULT;
 		else if (write)
 			/* Our own read-only page: dmirror_pt_unshare(). */
 			return is_device_private_page(page) ? -EAGAIN : -EPERM;
@@ -799,18 +796,32 @@ static int dmirror_pt_fill(struct dmirror *dmirror, struct hmm_range *range,
 	return 0;
 }
 
+/* Whether a page of @range, as the last fault returned it, is device-locked. */
+static bool dmirror_range_locked(const struct hmm_range *range)
+{
+	unsigned long i, n = (range->end - range->start) >> PAGE_SHIFT;
+
+	for (i = 0; i < n; i++)
+		if ((range->hmm_pfns[i] & HMM_PFN_VALID) &&
+		    hmm_devlock_page_locked(hmm_pfn_to_page(range->hmm_pfns[i])))
+			return true;
+	return false;
+}
+
 /*
  * hmm_range_fault() reports our own device pages as they are mapped, so a
  * read-only one (the parent's after fork()) comes back without
  * HMM_PFN_WRITE on a write request.  Do what a real driver does: bring
- * [start, end) back to system memory, as HMM_DMIRROR_MIGRATE_TO_SYS does,
- * for the caller to fault again; that write fault breaks COW.  Not in a
- * VMA the process may not write: that write fails with -EPERM, as it
- * would for the same pages in system memory.
+ * @range back to system memory, as HMM_DMIRROR_MIGRATE_TO_SYS does, for
+ * the caller to fault again; that write fault breaks COW.  Not in a VMA
+ * the process may not write: that write fails with -EPERM, as it would
+ * for the same pages in system memory; nor when a page is locked to the
+ * device (HMM_DMIRROR_LOCK): moving it would end the lock, -EFAULT.
  */
-static int dmirror_pt_unshare(struct dmirror *dmirror, unsigned long start,
-			      unsigned long end)
+static int dmirror_pt_unshare(struct dmirror *dmirror,
+			      const struct hmm_range *range)
 {
+	unsigned long start = range->start, end = range->end;
 	struct dmirror_req req = {
 		.start	= start,
 		.end	= end,
@@ -833,6 +844,8 @@ static int dmirror_pt_unshare(struct dmirror *dmirror, unsigned long start,
 	}
 	mmap_read_unlock(mm);
 	mmput(mm);
+	if (!ret && dmirror_range_locked(range))
+		ret = -EFAULT;
 	return ret ? ret : dmirror_migrate(dmirror, &req, false);
 }
 
@@ -862,7 +875,7 @@ static int dmirror_pt_fault_batch(struct dmirror *dmirror,
 			return ret;
 		if (++tries > DMIRROR_UNSHARE_TRIES)
 			return -EBUSY;
-		ret = dmirror_pt_unshare(dmirror, range->start, range->end);
+		ret = dmirror_pt_unshare(dmirror, range);
 		if (ret)
 			return ret;
 	}
@@ -1830,22 +1843,19 @@ static int dmirror_dma_access(struct dmirror *dmirror, unsigned long idx,
 /*
  * Whether the device may write the @n pages of @pfns, which a write fault
  * just returned: our own device pages come back as they are mapped, so a
- * read-only one (the parent's after fork()) is brought home first, as
- * dmirror_pt_fill() does for device writes (-EAGAIN), unless it is locked
- * to the device (-EFAULT).
+ * read-only one (the parent's after fork()) must first be brought home by
+ * dmirror_pt_unshare() (-EAGAIN), as dmirror_pt_fill() has it for device
+ * writes.
  */
 static int dmirror_dma_writable(const unsigned long *pfns, unsigned long n)
 {
 	unsigned long i;
 
 	for (i = 0; i < n; i++) {
-		struct page *page = hmm_pfn_to_page(pfns[i]);
-
 		if (pfns[i] & HMM_PFN_WRITE)
 			continue;
-		if (hmm_devlock_page_locked(page))
-			return -EFAULT;
-		return is_device_private_page(page) ? -EAGAIN : -EPERM;
+		return is_device_private_page(hmm_pfn_to_page(pfns[i])) ?
+		       -EAGAIN : -EPERM;
 	}
 	return 0;
 }
@@ -1883,7 +1893,7 @@ static int dmirror_dma_batch(struct dmirror *dmirror, unsigned long first,
 		mutex_unlock(&dmirror->pt_lock);
 		if (++tries > DMIRROR_UNSHARE_TRIES)
 			return -EBUSY;
-		ret = dmirror_pt_unshare(dmirror, range.start, range.end);
+		ret = dmirror_pt_unshare(dmirror, &range);
 		if (ret)
 			return ret;
 	}
