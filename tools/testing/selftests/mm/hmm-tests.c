@@ -5912,8 +5912,8 @@ TEST_F_TIMEOUT(dmirror, migrate_swap_cache_pages, 300)
 	struct hmm_dmirror_cmd cmd;
 	unsigned char *snap;
 	char *va, *dbuf;
+	long cached, swapped = 0;
 	unsigned long i;
-	long cached;
 
 	if (access(SHM_SWAPDEV, F_OK))
 		SKIP(return, "%s absent: no RAM disk to swap to", SHM_SWAPDEV);
@@ -5927,8 +5927,20 @@ TEST_F_TIMEOUT(dmirror, migrate_swap_cache_pages, 300)
 	pat_fill(va, len, 335, 0);
 
 	cached = meminfo_kb("SwapCached");
-	ASSERT_EQ(0, madvise(va, len, MADV_PAGEOUT));
-	ASSERT_EQ(npages, pagemap_swapped(va, npages, self->psz));
+	/*
+	 * MADV_PAGEOUT skips pages still in another CPU's LRU batch (seen:
+	 * 249 of 256): ask again, then go on with what did go out, which
+	 * the swap-cache check below still requires to be most of it.
+	 */
+	for (i = 0; i < 20; i++) {
+		ASSERT_EQ(0, madvise(va, len, MADV_PAGEOUT));
+		swapped = pagemap_swapped(va, npages, self->psz);
+		if (swapped == (long)npages)
+			break;
+		usleep(10000);
+	}
+	TH_LOG("%ld of %lu pages swapped out", swapped, npages);
+	ASSERT_LE((long)npages / 2, swapped);
 	/*
 	 * A fault on a RAM disk's swap skips the swap cache; read-ahead
 	 * puts the pages there, and the read fault then maps them from it.
