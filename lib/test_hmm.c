@@ -79,8 +79,6 @@
 #define DMIRROR_MAX_CHUNKS	16
 /* Pages handed to hmm_range_fault() or migrate_vma_setup() at a time. */
 #define DMIRROR_BATCH		512UL
-/* Rounds of bringing our read-only pages home for a write fault. */
-#define DMIRROR_UNSHARE_TRIES	4
 /* Eviction rounds of 100ms before RELEASE gives up on busy memory. */
 #define DMIRROR_DRAIN_TRIES	50
 /* Largest mapping of the device file (see dmirror_fop_mmap()). */
@@ -851,13 +849,15 @@ static int dmirror_pt_unshare(struct dmirror *dmirror,
 
 /*
  * Fault one batch into the device page table.  A racing migration can
- * put pages back into device memory after dmirror_pt_unshare(): give up
- * with -EBUSY after a few rounds rather than loop.
+ * put pages back into device memory after dmirror_pt_unshare(): keep
+ * trying for HMM_RANGE_DEFAULT_TIMEOUT, as drivers retry a busy range
+ * fault, then give up with -EBUSY rather than loop.
  */
 static int dmirror_pt_fault_batch(struct dmirror *dmirror,
 				  struct hmm_range *range, bool write)
 {
-	unsigned int tries = 0;
+	unsigned long timeout = jiffies +
+				msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 	int ret;
 
 	ret = dmirror_pt_reserve(dmirror, range->start,
@@ -873,7 +873,7 @@ static int dmirror_pt_fault_batch(struct dmirror *dmirror,
 		mutex_unlock(&dmirror->pt_lock);
 		if (ret != -EAGAIN)
 			return ret;
-		if (++tries > DMIRROR_UNSHARE_TRIES)
+		if (time_after(jiffies, timeout))
 			return -EBUSY;
 		ret = dmirror_pt_unshare(dmirror, range);
 		if (ret)
@@ -1878,7 +1878,8 @@ static int dmirror_dma_batch(struct dmirror *dmirror, unsigned long first,
 				 (write ? HMM_PFN_REQ_WRITE : 0),
 		.dev_private_owner = dmirror->mdev,
 	};
-	unsigned int tries = 0;
+	unsigned long timeout = jiffies +
+				msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 	unsigned long i;
 	int ret;
 
@@ -1891,7 +1892,7 @@ static int dmirror_dma_batch(struct dmirror *dmirror, unsigned long first,
 		if (ret != -EAGAIN)
 			break;
 		mutex_unlock(&dmirror->pt_lock);
-		if (++tries > DMIRROR_UNSHARE_TRIES)
+		if (time_after(jiffies, timeout))
 			return -EBUSY;
 		ret = dmirror_pt_unshare(dmirror, &range);
 		if (ret)

@@ -5462,7 +5462,7 @@ TEST_F_TIMEOUT(dmirror, shmem_large_file, 900)
 	char *va, *dbuf;
 	long used0, bad;
 	size_t off;
-	int pass, mfd, ret;
+	int pass, try, mfd, ret;
 
 	mfd = shm_memfd_pattern(len, 291);
 	ASSERT_LE(0, mfd);
@@ -5475,11 +5475,20 @@ TEST_F_TIMEOUT(dmirror, shmem_large_file, 900)
 
 	for (pass = 0; pass < 2; pass++) {
 		for (off = 0; off < len; off += SHM_CHUNK) {
-			ret = dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
-					  va + off, dbuf, bpages, &cmd);
-			if (ret)
-				TH_LOG("pass %d, offset %zu: %s", pass, off,
-				       strerror(-ret));
+			/*
+			 * Migration is best effort: a page someone else holds
+			 * for a moment stays behind (seen: one of a batch, on
+			 * the second pass), and a driver asks again.
+			 */
+			for (try = 0; try < 3; try++) {
+				ret = dmirror_req(self->fd,
+						  HMM_DMIRROR_MIGRATE_TO_DEV,
+						  va + off, dbuf, bpages, &cmd);
+				if (!ret)
+					break;
+				TH_LOG("pass %d, offset %zu, try %d: %s", pass,
+				       off, try, strerror(-ret));
+			}
 			ASSERT_EQ(0, ret);
 			ASSERT_EQ(bpages, cmd.cpages);
 			ASSERT_EQ(-1, pat_find_bad(dbuf, SHM_CHUNK, 291, off));
