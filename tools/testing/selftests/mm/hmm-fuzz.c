@@ -943,12 +943,41 @@ static unsigned int foreign_private(int d)
 	return L_PRIVATE & ~(d >= 0 && is_private(d) ? L_DEV(d) : 0);
 }
 
+/*
+ * hmm_range_fault() never faults the owner's own device pages, so a write
+ * to a read-only page that may sit in device @q->d's memory fails with
+ * EPERM only in the driver, after the whole request was faulted: pages
+ * after @f were faulted too, and one of them that cannot be (a hole, a
+ * page locked to another device) may answer EFAULT first.  Adds that
+ * errno to @allowed and returns the end of the pages that may have been
+ * faulted after @f.
+ */
+static unsigned long owner_ro_reach(const struct req *q, unsigned long f,
+				    int ferr, bool write, uint64_t *allowed)
+{
+	unsigned long i = f + 1;
+
+	if (!write || ferr != EPERM || f >= q->n || !is_private(q->d) ||
+	    !(pm[q->pg[f]].loc & L_DEV(q->d)))
+		return f;
+	for (; i < q->n; i++) {
+		int p = q->pg[i];
+
+		if (p < 0 || lock_fail(p, foreign_private(q->d))) {
+			*allowed |= E(EFAULT);
+			break;
+		}
+	}
+	return i;
+}
+
 /* READ and WRITE: the device's own page table, faulting on a miss. */
 static int model_rw(struct req *q, int err, bool write)
 {
 	unsigned int move = foreign_private(q->d);
-	unsigned long n = q->n, f, i, sm, lf;
+	unsigned long n = q->n, f, i, sm, lf, reach;
 	unsigned char bit = 1u << q->d;
+	uint64_t allowed;
 	bool lmaybe, full;
 	int ferr = 0;
 
@@ -961,8 +990,10 @@ static int model_rw(struct req *q, int err, bool write)
 		f = lf;
 		ferr = EFAULT;
 	}
-	if (expect_err(q, E(f < n ? ferr : q->bad_ptr ? EFAULT : 0) |
-		       (lmaybe ? E(EFAULT) : 0), err))
+	allowed = E(f < n ? ferr : q->bad_ptr ? EFAULT : 0) |
+		  (lmaybe ? E(EFAULT) : 0);
+	reach = owner_ro_reach(q, f, ferr, write, &allowed);
+	if (expect_err(q, allowed, err))
 		return -1;
 
 	/*
@@ -1000,6 +1031,11 @@ static int model_rw(struct req *q, int err, bool write)
 		if (write && (i < sm || lmaybe || err != ferr))
 			content_maybe(q->pg[i], buf + i * PAGE);
 	}
+	/* The driver filled its page table up to the read-only page. */
+	for (i = 0; reach > f && i < f; i++)
+		pm[q->pg[i]].pt_may |= bit;
+	for (i = f + 1; i < reach; i++)
+		fault_in(q->pg[i], move, write, false);
 	return 0;
 }
 
@@ -1027,7 +1063,7 @@ static int model_dma(struct req *q, int err, bool write)
 {
 	struct device *v = &dev[q->d];
 	unsigned int move = foreign_private(q->d);
-	unsigned long n = q->n, f, lf, i;
+	unsigned long n = q->n, f, lf, i, reach;
 	uint64_t allowed;
 	bool lmaybe, sure;
 	int ferr = 0;
@@ -1045,6 +1081,7 @@ static int model_dma(struct req *q, int err, bool write)
 	else
 		allowed = E(f < n ? ferr : q->bad_ptr ? EFAULT : 0) |
 			  (lmaybe ? E(EFAULT) : 0);
+	reach = owner_ro_reach(q, f, ferr, write && !q->bad_ptr, &allowed);
 	/* swiotlb=force: the device may refuse DMA altogether. */
 	if (swiotlb_force)
 		allowed |= E(EOPNOTSUPP);
@@ -1068,7 +1105,9 @@ static int model_dma(struct req *q, int err, bool write)
 	sure = !lmaybe && (!err || err == ferr);
 	for (i = 0; i < f; i++)
 		fault_in(q->pg[i], move, write, sure);
-	if (!sure)
+	for (i = f + 1; i < reach; i++)
+		fault_in(q->pg[i], move, write, false);
+	if (!sure || reach > f)
 		v->local = -1;
 	if (f < n)
 		return 0;
