@@ -746,6 +746,21 @@ static long locked_pages(struct worker *wk, char *a)
 	return cmd.faults;
 }
 
+/* UNLOCK did not unlock the whole slot: say where its pages went. */
+static void unlock_failed(struct worker *wk, unsigned long slot, int ret,
+			  uint64_t n)
+{
+	struct stress *st = wk->st;
+	unsigned long i, on = 0;
+
+	if (snap(wk, slot_addr(st, slot), st->slot_pages, wk->pre))
+		for (i = 0; i < st->slot_pages; i++)
+			on += state_on_dev(wk->pre[i]);
+	fail(st, "HMM_DMIRROR_UNLOCK slot %lu: %s, %llu of %lu unlocked, %lu on device",
+	     slot, ret ? strerror(-ret) : "ok", (unsigned long long)n,
+	     st->slot_pages, on);
+}
+
 /*
  * Lock the slot to device memory: the CPU must get SIGBUS, the device
  * still reads the data, LOCK_QUERY sees every page locked until UNLOCK.
@@ -803,10 +818,9 @@ static int op_lock(struct worker *wk, unsigned long slot)
 		fail(st, "HMM_DMIRROR_LOCK_QUERY slot %lu: %ld of %lu locked",
 		     slot, q, np);
 	op_dev_read(wk, slot);
-	if (dmirror(wk->fd, HMM_DMIRROR_UNLOCK, a, NULL, np, &n) ||
-	    (n != np && epoch == release_epoch(st)))
-		fail(st, "HMM_DMIRROR_UNLOCK slot %lu: %llu of %lu unlocked",
-		     slot, (unsigned long long)n, np);
+	ret = dmirror(wk->fd, HMM_DMIRROR_UNLOCK, a, NULL, np, &n);
+	if (ret || (n != np && epoch == release_epoch(st)))
+		unlock_failed(wk, slot, ret, n);
 	q = locked_pages(wk, a);
 	if (q)
 		fail(st, "HMM_DMIRROR_LOCK_QUERY slot %lu after unlock: %ld locked",
