@@ -1270,6 +1270,13 @@ static int model_to_dev(struct req *q, int err)
 			pm[p].pt_sure = 0;
 			c = 1;
 		}
+		/*
+		 * Migration is best effort: a page someone holds a reference
+		 * on for a moment (a per-CPU LRU batch after a fault) stays
+		 * behind, and the device then answers ENOENT.
+		 */
+		if (c == 2 && err == ENOENT)
+			c = 1;
 		if (c == 2) {
 			pm[p].loc = dl;
 			pm[p].lk_may = false;
