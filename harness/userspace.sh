@@ -9,14 +9,16 @@ ROOT=$OUT/initramfs
 # The normal kernel's headers serve both kernels: they share one tree.
 CFLAGS="-static -O2 -g -Wall -pthread -D_GNU_SOURCE -I$LINUX -I$LINUX/tools/testing/selftests -isystem $OUT/build/usr/include"
 
-# cc_prog NAME SOURCE [FLAGS]: compile one guest program.
+# cc_prog NAME "SOURCE..." [FLAGS]: compile one guest program.
 cc_prog() {
-	local name=$1 src=$2 flags=${3:-}
+	local name=$1 srcs=$2 flags=${3:-} src
 
-	[ -f "$src" ] || die "guest program source missing: $src"
+	for src in $srcs; do
+		[ -f "$src" ] || die "guest program source missing: $src"
+	done
 	# shellcheck disable=SC2086
 	run_logged "$LOGS/cc-$name.log" "compiling $name" \
-		gcc $CFLAGS $flags -o "$ROOT/opt/hmm/$name" "$src" -lm
+		gcc $CFLAGS $flags -o "$ROOT/opt/hmm/$name" $srcs -lm
 }
 
 step "building guest programs and the initramfs"
@@ -28,7 +30,10 @@ file -b /bin/busybox 2>/dev/null | grep -q static ||
 	ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' ||
 	die "/bin/busybox is not static: install busybox-static"
 cp "$HARNESS/guest/init" "$ROOT/init"
-cc_prog hmm-tests "$LINUX/tools/testing/selftests/mm/hmm-tests.c" -Werror
+MM=$LINUX/tools/testing/selftests/mm
+# hmm-common.c is ours (-Werror); vm_util.c and thp_settings.c upstream's.
+HMM_LIBS="$MM/hmm-common.c $MM/vm_util.c $MM/thp_settings.c"
+cc_prog hmm-tests "$MM/hmm-tests.c $HMM_LIBS" -Werror
 cc_prog hmm-demo "$HARNESS/demo/hmm-demo.c" -Werror
 # Upstream 6.12's own selftest, from the pristine base commit, built
 # against our uapi header: existing userspace must keep working.

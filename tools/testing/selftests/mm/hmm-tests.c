@@ -37,279 +37,8 @@
 #include <sys/wait.h>
 
 #include "../kselftest_harness.h"
-#include <lib/test_hmm_uapi.h>
 #include <mm/gup_test.h>
-
-#define SZ_1M		(1024UL * 1024)
-#define SZ_1G		(1024 * SZ_1M)
-
-/* Device-side view of one page as SNAPSHOT reports it. */
-#define DEV_RW		HMM_DMIRROR_PROT_WRITE
-#define DEV_RO		HMM_DMIRROR_PROT_READ
-
-/* ---------------------------------------------------------------------
- * Small helpers: device requests, data patterns, mappings, /proc parsing.
- */
-
-static int dmirror_open(int unit)
-{
-	char path[32];
-
-	snprintf(path, sizeof(path), "/dev/hmm_dmirror%d", unit);
-	return open(path, O_RDWR | O_CLOEXEC);
-}
-
-/*
- * Issue one request for @npages pages at @addr, with @data as the
- * device-side buffer. Returns 0 or the negated errno so that tests compare
- * against the errno the ABI documents. The driver copies @cmd back only on
- * success, so the counters are cleared first.
- */
-static int dmirror_req(int fd, unsigned long req, void *addr, void *data,
-		       unsigned long npages, struct hmm_dmirror_cmd *cmd)
-{
-	int ret;
-
-	memset(cmd, 0, sizeof(*cmd));
-	cmd->addr = (uintptr_t)addr;
-	cmd->ptr = (uintptr_t)data;
-	cmd->npages = npages;
-	do {
-		ret = ioctl(fd, req, cmd);
-	} while (ret < 0 && errno == EINTR);
-	return ret < 0 ? -errno : 0;
-}
-
-/*
- * Pattern word number @idx of pattern @seed. The seed sits in the high
- * half so it is never zero for seed != 0 and two seeds never agree; the
- * index is the word's position in the whole buffer, so a page copied to
- * the wrong place is caught as surely as a page not copied at all.
- */
-static inline __u64 pat_word(__u32 seed, size_t idx)
-{
-	return ((__u64)seed << 32) | (__u32)idx;
-}
-
-/* Fill @len bytes at @p, which sits at byte @off of its buffer. */
-static void pat_fill(void *p, size_t len, __u32 seed, size_t off)
-{
-	__u64 *w = p;
-	size_t base = off / sizeof(*w);
-	size_t i;
-
-	for (i = 0; i < len / sizeof(*w); i++)
-		w[i] = pat_word(seed, base + i);
-}
-
-/* Byte offset from @p of the first wrong word, or -1 if all match. */
-static long pat_find_bad(const void *p, size_t len, __u32 seed,
-			 size_t off)
-{
-	const __u64 *w = p;
-	size_t base = off / sizeof(*w);
-	size_t i;
-
-	for (i = 0; i < len / sizeof(*w); i++)
-		if (w[i] != pat_word(seed, base + i))
-			return (long)(i * sizeof(*w));
-	return -1;
-}
-
-static long zero_find_bad(const void *p, size_t len)
-{
-	const __u64 *w = p;
-	size_t i;
-
-	for (i = 0; i < len / sizeof(*w); i++)
-		if (w[i])
-			return (long)(i * sizeof(*w));
-	return -1;
-}
-
-/*
- * Anonymous private mapping. @no_thp keeps THP out (and stops the range
- * merging with neighbours that allow it), for cases whose expectations
- * depend on base-page mappings whatever the THP mode is.
- */
-static void *anon_map(size_t len, int prot, bool no_thp)
-{
-	void *p = mmap(NULL, len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		return NULL;
-	if (no_thp && madvise(p, len, MADV_NOHUGEPAGE)) {
-		munmap(p, len);
-		return NULL;
-	}
-	return p;
-}
-
-/* Anonymous read-write mapping of @len bytes starting on an @align boundary. */
-static void *anon_map_aligned(size_t len, size_t align)
-{
-	size_t span = len + align;
-	char *raw, *p;
-
-	raw = mmap(NULL, span, PROT_READ | PROT_WRITE,
-		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (raw == MAP_FAILED)
-		return NULL;
-	p = (char *)(((uintptr_t)raw + align - 1) & ~(uintptr_t)(align - 1));
-	if (p != raw)
-		munmap(raw, p - raw);
-	munmap(p + len, raw + span - (p + len));
-	return p;
-}
-
-/* Value in kB of @key in /proc/meminfo, or -1. */
-static long meminfo_kb(const char *key)
-{
-	size_t klen = strlen(key);
-	char line[128];
-	long val = -1;
-	FILE *f;
-
-	f = fopen("/proc/meminfo", "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		if (!strncmp(line, key, klen) && line[klen] == ':') {
-			val = strtol(line + klen + 1, NULL, 10);
-			break;
-		}
-	}
-	fclose(f);
-	return val;
-}
-
-static long read_long_file(const char *path)
-{
-	char buf[64];
-	long val = -1;
-	FILE *f;
-
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	if (fgets(buf, sizeof(buf), f))
-		val = strtol(buf, NULL, 10);
-	fclose(f);
-	return val;
-}
-
-static int write_long_file(const char *path, long val)
-{
-	FILE *f = fopen(path, "w");
-	int ret;
-
-	if (!f)
-		return -errno;
-	ret = fprintf(f, "%ld\n", val) < 0 ? -EIO : 0;
-	if (fclose(f) && !ret)
-		ret = -errno;
-	return ret;
-}
-
-static size_t pmd_size(void)
-{
-	long v = read_long_file("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size");
-
-	return v > 0 ? (size_t)v : 2 * SZ_1M;
-}
-
-/*
- * Map @len bytes of PMD-aligned anonymous memory advised for THP and fill
- * it with @seed. Returns NULL when the kernel backed it with base pages
- * (THP off, or no huge page free), which the caller reports as a skip:
- * AnonHugePages must have grown by at least @len for the fill.
- */
-static char *thp_map_filled(size_t len, __u32 seed)
-{
-	long before = meminfo_kb("AnonHugePages");
-	long after;
-	char *p;
-
-	p = anon_map_aligned(len, pmd_size());
-	if (!p)
-		return NULL;
-	if (madvise(p, len, MADV_HUGEPAGE)) {
-		munmap(p, len);
-		return NULL;
-	}
-	pat_fill(p, len, seed, 0);
-	after = meminfo_kb("AnonHugePages");
-	if (before < 0 || after - before < (long)(len >> 10)) {
-		munmap(p, len);
-		return NULL;
-	}
-	return p;
-}
-
-/* Temporary file in /tmp holding @len bytes of pattern @seed, unlinked. */
-static int tmpfile_with_pattern(size_t len, __u32 seed)
-{
-	char name[] = "/tmp/hmm-tests-XXXXXX";
-	void *src;
-	int fd;
-
-	fd = mkstemp(name);
-	if (fd < 0)
-		return -1;
-	unlink(name);
-	src = malloc(len);
-	if (!src)
-		goto err_close;
-	pat_fill(src, len, seed, 0);
-	if (pwrite(fd, src, len, 0) != (ssize_t)len)
-		goto err_free;
-	free(src);
-	return fd;
-
-err_free:
-	free(src);
-err_close:
-	close(fd);
-	return -1;
-}
-
-/* Check that @len bytes of @fd from offset 0 hold pattern @seed. */
-static long file_find_bad(int fd, size_t len, __u32 seed)
-{
-	void *buf = malloc(len);
-	long bad;
-
-	if (!buf)
-		return -2;
-	if (pread(fd, buf, len, 0) != (ssize_t)len)
-		bad = -3;
-	else
-		bad = pat_find_bad(buf, len, seed, 0);
-	free(buf);
-	return bad;
-}
-
-/*
- * Run @fn in a child process and return its exit status (128 + signal if
- * it was killed). Children report by exit code: the harness's ASSERT
- * machinery belongs to the test process and must not run in a fork.
- */
-static int in_child(int (*fn)(void *), void *arg)
-{
-	int status;
-	pid_t pid;
-
-	pid = fork();
-	if (pid < 0)
-		return -errno;
-	if (pid == 0)
-		_exit(fn(arg));
-	if (waitpid(pid, &status, 0) != pid)
-		return -errno;
-	if (WIFSIGNALED(status))
-		return 128 + WTERMSIG(status);
-	return WEXITSTATUS(status);
-}
+#include "hmm-common.h"
 
 /* ---------------------------------------------------------------------
  * Fixture: one device under test plus a peer device with the same kind of
@@ -359,18 +88,15 @@ FIXTURE_SETUP(dmirror)
 
 #define GIGANTIC_NR "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"
 
-static long shm_devmem_used(int fd);
-static void dmirror_leftovers_teardown(void);
-
 FIXTURE_TEARDOWN(dmirror)
 {
 	/* Swap, memcg, KSM left on by a case that failed half way. */
-	dmirror_leftovers_teardown();
+	hmm_leftovers_teardown();
 	close(self->peer_fd);
 	close(self->fd);
 	/* A page still mapped becomes surplus and is freed at exit. */
 	if (self->gigantic_borrowed)
-		write_long_file(GIGANTIC_NR, 0);
+		write_str(GIGANTIC_NR, "0");
 }
 
 /* What SNAPSHOT on the local device reports for a writable migrated page. */
@@ -829,7 +555,7 @@ TEST_F(dmirror, fork_shared_stays_shared)
 
 TEST_F(dmirror, thp_read_write)
 {
-	size_t len = 2 * pmd_size();
+	size_t len = 2 * read_pmd_pagesize();
 	unsigned long npages = len / self->psz;
 	struct hmm_dmirror_cmd cmd;
 	unsigned char *snap;
@@ -877,7 +603,7 @@ TEST_F(dmirror, thp_read_write)
  */
 TEST_F(dmirror, thp_protection_and_split)
 {
-	size_t len = pmd_size();
+	size_t len = read_pmd_pagesize();
 	size_t half = len / 2;
 	unsigned long npages = len / self->psz;
 	struct hmm_dmirror_cmd cmd;
@@ -996,7 +722,7 @@ TEST_F(dmirror, hugetlb_read_write)
 TEST_F_TIMEOUT(dmirror, hugetlb_pud_snapshot, 180)
 {
 	unsigned long npages = SZ_1G / self->psz;
-	long nr = read_long_file(GIGANTIC_NR);
+	long nr = access(GIGANTIC_NR, F_OK) ? -1 : (long)read_num(GIGANTIC_NR);
 	struct hmm_dmirror_cmd cmd;
 	unsigned long i, probe;
 	unsigned char *snap;
@@ -1006,8 +732,7 @@ TEST_F_TIMEOUT(dmirror, hugetlb_pud_snapshot, 180)
 		SKIP(return, "no 1 GiB hugetlb page size on this machine");
 	if (nr == 0) {
 		self->gigantic_borrowed = true;
-		if (write_long_file(GIGANTIC_NR, 1) ||
-		    read_long_file(GIGANTIC_NR) != 1)
+		if (write_str(GIGANTIC_NR, "1") || read_num(GIGANTIC_NR) != 1)
 			SKIP(return, "no 1 GiB hugetlb page could be allocated");
 	}
 	va = mmap(NULL, SZ_1G, PROT_READ | PROT_WRITE,
@@ -1657,33 +1382,6 @@ TEST_F(dmirror, migrate_read_only_pages)
 	ASSERT_EQ(-1, zero_find_bad(va + len / 2, len / 2));
 }
 
-/* Bit 63 of a /proc/self/pagemap entry: a page is mapped there. */
-#define PAGEMAP_PRESENT	0x8000000000000000ULL
-
-/* Pages of [@va, @va + @npages pages) mapped now, per /proc/self/pagemap. */
-static long pagemap_present(const char *va, unsigned long npages,
-			    size_t psz)
-{
-	__u64 *ent;
-	long n = 0;
-	unsigned long i;
-	off_t off = (uintptr_t)va / psz * sizeof(*ent);
-	int fd;
-
-	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	ent = calloc(npages, sizeof(*ent));
-	if (fd < 0 || !ent ||
-	    pread(fd, ent, npages * sizeof(*ent), off) !=
-	    (ssize_t)(npages * sizeof(*ent)))
-		n = -1;
-	for (i = 0; n >= 0 && i < npages; i++)
-		n += !!(ent[i] & PAGEMAP_PRESENT);
-	free(ent);
-	if (fd >= 0)
-		close(fd);
-	return n;
-}
-
 /* A userfaultfd; root may use kernel faults too, others user faults only. */
 static int uffd_open(void)
 {
@@ -1778,7 +1476,7 @@ TEST_F(dmirror, migrate_uffd_zero_pages_stay)
 	zp.mode = 0;
 	ASSERT_EQ(0, ioctl(w.uffd, UFFDIO_ZEROPAGE, &zp));
 	ASSERT_EQ((__s64)len, zp.zeropage);
-	ASSERT_EQ(npages, pagemap_present(va, npages, psz));
+	ASSERT_EQ(npages, pagemap_count(va, npages, PM_PRESENT));
 	expect_snap(_metadata, self->fd, va, npages, 0, npages,
 		    HMM_DMIRROR_PROT_ZERO | DEV_RO);
 	ASSERT_EQ(0, pthread_create(&thread, NULL, uffd_count_missing, &w));
@@ -1787,7 +1485,7 @@ TEST_F(dmirror, migrate_uffd_zero_pages_stay)
 	ret = dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
 			  npages, &cmd);
 	EXPECT_TRUE(ret == 0 || ret == -ENOENT) TH_LOG("ret %d", ret);
-	EXPECT_EQ(npages, pagemap_present(va, npages, psz));
+	EXPECT_EQ(npages, pagemap_count(va, npages, PM_PRESENT));
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, va, snap,
 				 npages, &cmd));
 	for (i = 0, bad = 0; i < npages; i++)
@@ -1826,13 +1524,13 @@ TEST_F(dmirror, migrate_shared_anon)
 	ASSERT_NE(NULL, dbuf);
 	pat_fill(va, len, 60, 0);
 
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
 				 dbuf, npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 60, 0));
-	ASSERT_EQ(used0 + (long)npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (long)npages, devmem_used(self->fd));
 	memset(dbuf, 0, len);
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
 				 npages, &cmd));
@@ -1841,7 +1539,7 @@ TEST_F(dmirror, migrate_shared_anon)
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
 				 NULL, npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 	ASSERT_EQ(-1, pat_find_bad(va, len, 60, 0));
 }
 
@@ -1851,7 +1549,7 @@ TEST_F(dmirror, migrate_shared_anon)
  */
 TEST_F(dmirror, thp_migrate_round_trip)
 {
-	size_t len = 2 * pmd_size();
+	size_t len = 2 * read_pmd_pagesize();
 	unsigned long npages = len / self->psz;
 	struct hmm_dmirror_cmd cmd;
 	unsigned char *snap;
@@ -2091,7 +1789,7 @@ TEST_F(dmirror, exclusive_then_fork)
  */
 TEST_F(dmirror, exclusive_thp)
 {
-	size_t len = pmd_size();
+	size_t len = read_pmd_pagesize();
 	unsigned long npages = len / self->psz;
 	struct hmm_dmirror_cmd cmd;
 	char *va, *dbuf;
@@ -2580,11 +2278,11 @@ TEST_F(dmirror, exit_with_device_pages)
 	long used0;
 	int i;
 
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	for (i = 0; i < 2; i++) {
 		ASSERT_EQ(0, in_child(exit_job_child, &job));
-		ASSERT_EQ(used0, shm_devmem_used(self->fd));
+		ASSERT_EQ(used0, devmem_used(self->fd));
 	}
 
 	va = anon_map(len, PROT_READ | PROT_WRITE, false);
@@ -2596,11 +2294,11 @@ TEST_F(dmirror, exit_with_device_pages)
 				 dbuf, job.npages, &cmd));
 	ASSERT_EQ(job.npages, cmd.cpages);
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 96, 0));
-	ASSERT_EQ(used0 + (long)job.npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (long)job.npages, devmem_used(self->fd));
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
 				 NULL, job.npages, &cmd));
 	ASSERT_EQ(-1, pat_find_bad(va, len, 96, 0));
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 }
 
 /* ---------------------------------------------------------------------
@@ -2940,66 +2638,6 @@ TEST_F(dmirror, longterm_pin_leaves_device_memory)
 #include <linux/capability.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
-
-/* Set by the handler, read after siglongjmp(): plain globals suffice. */
-static sigjmp_buf cpu_touch_env;
-static sig_atomic_t cpu_touch_sig;
-static sig_atomic_t cpu_touch_code;
-static void *cpu_touch_addr;
-
-static void cpu_touch_handler(int sig, siginfo_t *si, void *uc)
-{
-	cpu_touch_sig = sig;
-	cpu_touch_code = si->si_code;
-	cpu_touch_addr = si->si_addr;
-	siglongjmp(cpu_touch_env, 1);
-}
-
-/*
- * Load the word at @p into *@val, or store *@val there, with a SIGBUS
- * handler installed. Returns the signal raised (si_code and si_addr in
- * cpu_touch_code/cpu_touch_addr), or 0 if the access went through.
- */
-static int cpu_touch(__u64 *p, bool write, __u64 *val)
-{
-	struct sigaction sa, old;
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = cpu_touch_handler;
-	sa.sa_flags = SA_SIGINFO;
-	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGBUS, &sa, &old))
-		return -1;
-	cpu_touch_sig = 0;
-	cpu_touch_code = 0;
-	cpu_touch_addr = NULL;
-	if (!sigsetjmp(cpu_touch_env, 1)) {
-		/* Atomic accesses: the compiler may not drop or merge them. */
-		if (write)
-			__atomic_store_n(p, *val, __ATOMIC_RELAXED);
-		else
-			*val = __atomic_load_n(p, __ATOMIC_RELAXED);
-	}
-	sigaction(SIGBUS, &old, NULL);
-	return cpu_touch_sig;
-}
-
-/* Does a load from @p raise SIGBUS with BUS_ADRERR at exactly @p? */
-static bool cpu_read_sigbus(void *p)
-{
-	__u64 v = 0;
-
-	return cpu_touch(p, false, &v) == SIGBUS &&
-	       cpu_touch_code == BUS_ADRERR && cpu_touch_addr == p;
-}
-
-static bool cpu_write_sigbus(void *p)
-{
-	__u64 v = 0xdeadbeefcafef00dULL;
-
-	return cpu_touch(p, true, &v) == SIGBUS &&
-	       cpu_touch_code == BUS_ADRERR && cpu_touch_addr == p;
-}
 
 /* VmPin of this process in kB (locked device pages count there), or -1. */
 static long vmpin_kb(void)
@@ -3494,68 +3132,26 @@ TEST_F(devlock, close_drops_locks)
  * Exclusive access on huge pages and shmem, whatever the THP mode.
  */
 
-/* Is /sys/kernel/mm/transparent_hugepage/@file set to [@mode]? */
-static bool thp_mode_is(const char *file, const char *mode)
-{
-	char path[128], buf[256], want[32];
-	bool ret = false;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/sys/kernel/mm/transparent_hugepage/%s",
-		 file);
-	snprintf(want, sizeof(want), "[%s]", mode);
-	f = fopen(path, "r");
-	if (!f)
-		return false;
-	if (fgets(buf, sizeof(buf), f))
-		ret = !!strstr(buf, want);
-	fclose(f);
-	return ret;
-}
-
-/* CHECK_EXCLUSIVE on pages [from, to) of @va: 0 or -EPERM. */
-static int excl_state(int fd, char *va, size_t psz, unsigned long from,
-		      unsigned long to)
-{
-	struct hmm_dmirror_cmd cmd;
-
-	return dmirror_req(fd, HMM_DMIRROR_CHECK_EXCLUSIVE, va + from * psz,
-			   NULL, to - from, &cmd);
-}
-
-/* Does the device hold exclusive access to every page of [from, to)? */
-static bool excl_all(int fd, char *va, size_t psz, unsigned long from,
-		     unsigned long to)
-{
-	unsigned long i;
-
-	for (i = from; i < to; i++)
-		if (excl_state(fd, va, psz, i, i + 1) != -EPERM)
-			return false;
-	return true;
-}
-
 /*
- * No madvise: with THP "always" the buffer is THP-backed (checked through
- * AnonHugePages), with "madvise" it is not; EXCLUSIVE must work the same,
+ * No madvise: with THP "always" the buffer is THP-backed (checked in its
+ * own smaps entry), with "madvise" it is not; EXCLUSIVE must work the same,
  * page by page, either way.
  */
 TEST_F(dmirror, exclusive_thp_unadvised)
 {
-	size_t psz = self->psz, len = 2 * pmd_size();
+	size_t psz = self->psz, pmd = read_pmd_pagesize(), len = 2 * pmd;
 	unsigned long npages = len / psz;
-	long before = meminfo_kb("AnonHugePages");
 	struct hmm_dmirror_cmd cmd;
 	char *va, *dbuf;
 
-	va = anon_map_aligned(len, pmd_size());
+	va = anon_map_aligned(len, pmd);
 	ASSERT_NE(NULL, va);
+	pat_fill(va, len, 120, 0);
+	/* Checked before anything else is mapped next to it and merges. */
+	if (thp_read_string("enabled", thp_enabled_names) == THP_ALWAYS)
+		ASSERT_TRUE(check_huge_anon(va, len / pmd, pmd));
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	pat_fill(va, len, 120, 0);
-	if (thp_mode_is("enabled", "always"))
-		ASSERT_LE(before + (long)(len >> 10),
-			  meminfo_kb("AnonHugePages"));
 
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_EXCLUSIVE, va, dbuf,
 				 npages, &cmd));
@@ -3578,7 +3174,7 @@ TEST_F(dmirror, exclusive_thp_unadvised)
 /* fork() of a THP-backed exclusive range: each side keeps its own data. */
 TEST_F(dmirror, exclusive_thp_fork)
 {
-	size_t len = pmd_size();
+	size_t len = read_pmd_pagesize();
 	unsigned long npages = len / self->psz;
 	struct cow_job job = { .len = len, .seen_seed = 121, .new_seed = 122 };
 	struct hmm_dmirror_cmd cmd;
@@ -3607,7 +3203,7 @@ TEST_F(dmirror, exclusive_thp_fork)
 /* mprotect() and munmap() of a THP-backed exclusive range. */
 TEST_F(dmirror, exclusive_thp_mprotect_munmap)
 {
-	size_t psz = self->psz, len = pmd_size();
+	size_t psz = self->psz, len = read_pmd_pagesize();
 	unsigned long npages = len / psz;
 	struct hmm_dmirror_cmd cmd;
 	char *va, *dbuf;
@@ -3659,7 +3255,7 @@ TEST_F(dmirror, exclusive_thp_mprotect_munmap)
  */
 TEST_F(dmirror, exclusive_two_devices)
 {
-	size_t psz = self->psz, len = pmd_size();
+	size_t psz = self->psz, len = read_pmd_pagesize();
 	unsigned long npages = len / psz;
 	struct hmm_dmirror_cmd cmd;
 	char *va, *dbuf;
@@ -3862,26 +3458,13 @@ TEST_F(dmirror, exclusive_shmem_uffd_fork)
 
 #define SHMEM_THP "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 
-static int shmem_thp_set(const char *mode)
-{
-	FILE *f = fopen(SHMEM_THP, "w");
-	int ret;
-
-	if (!f)
-		return -errno;
-	ret = fprintf(f, "%s\n", mode) < 0 ? -EIO : 0;
-	if (fclose(f) && !ret)
-		ret = -errno;
-	return ret;
-}
-
 /*
  * A huge shmem folio is split like an anonymous THP.  shmem THP is made
  * available for the fill only ("advise" + MADV_HUGEPAGE), then put back.
  */
 TEST_F(dmirror, exclusive_shmem_thp)
 {
-	size_t psz = self->psz, len = pmd_size();
+	size_t psz = self->psz, len = read_pmd_pagesize();
 	unsigned long npages = len / psz;
 	long before = meminfo_kb("ShmemHugePages");
 	struct hmm_dmirror_cmd cmd;
@@ -3891,9 +3474,10 @@ TEST_F(dmirror, exclusive_shmem_thp)
 
 	if (access(SHMEM_THP, W_OK))
 		SKIP(return, "no shmem THP control");
-	advised = thp_mode_is("shmem_enabled", "advise");
+	advised = thp_read_string("shmem_enabled", shmem_enabled_names) ==
+		  SHMEM_ADVISE;
 	if (!advised)
-		ASSERT_EQ(0, shmem_thp_set("advise"));
+		ASSERT_EQ(0, write_str(SHMEM_THP, "advise"));
 	mfd = memfd_create("hmm-tests-excl-thp", MFD_CLOEXEC);
 	ASSERT_LE(0, mfd);
 	ASSERT_EQ(0, ftruncate(mfd, len));
@@ -3907,7 +3491,7 @@ TEST_F(dmirror, exclusive_shmem_thp)
 	ASSERT_EQ(0, madvise(va, len, MADV_HUGEPAGE));
 	pat_fill(va, len, 129, 0);
 	if (!advised)
-		ASSERT_EQ(0, shmem_thp_set("never"));
+		ASSERT_EQ(0, write_str(SHMEM_THP, "never"));
 	if (meminfo_kb("ShmemHugePages") - before < (long)(len >> 10)) {
 		munmap(va, len);
 		close(mfd);
@@ -3966,21 +3550,6 @@ FIXTURE_VARIANT_ADD(hmm_dma, coherent_mem) {
 	.peer = 3,
 	.coherent = true,
 };
-
-static bool cmdline_has(const char *word)
-{
-	char line[4096];
-	bool found = false;
-	FILE *f;
-
-	f = fopen("/proc/cmdline", "r");
-	if (!f)
-		return false;
-	if (fgets(line, sizeof(line), f))
-		found = strstr(line, word);
-	fclose(f);
-	return found;
-}
 
 FIXTURE_SETUP(hmm_dma)
 {
@@ -4150,8 +3719,9 @@ TEST_F(hmm_dma, refused_when_bouncing)
 		return;
 	}
 
-	before = read_long_file(SWIOTLB_USED);
-	ASSERT_LE(0, before);	/* the pool exists and is reported */
+	/* The pool exists and is reported. */
+	ASSERT_EQ(0, access(SWIOTLB_USED, R_OK));
+	before = read_num(SWIOTLB_USED);
 	memset(dbuf, 0, len);
 	ASSERT_EQ(-EOPNOTSUPP, dmirror_req(self->fd, HMM_DMIRROR_DMA_READ, va,
 					   dbuf, npages, &cmd));
@@ -4172,7 +3742,7 @@ TEST_F(hmm_dma, refused_when_bouncing)
 				 npages, &cmd));
 	ASSERT_EQ(0, cmd.cpages);
 	/* Other devices may bounce meanwhile, but not by a window's worth. */
-	after = read_long_file(SWIOTLB_USED);
+	after = read_num(SWIOTLB_USED);
 	ASSERT_GT(before + slots, after);
 
 	/* The same pages through the device's page table and its memory. */
@@ -4325,7 +3895,7 @@ TEST_F(hmm_dma, partial_write_keeps_cpu_data)
  */
 TEST_F(hmm_dma, thp_one_mapping_per_huge_page)
 {
-	size_t pmd = pmd_size();
+	size_t pmd = read_pmd_pagesize();
 	size_t len = 2 * pmd;
 	unsigned long npages = len / self->psz;
 	unsigned long per_thp = pmd / self->psz;
@@ -4690,19 +4260,6 @@ TEST_F(hmm_dma, bad_requests)
 
 #define SHM_CHUNK	SZ_1M	/* read()/write() buffer of the big cases */
 
-/* Pages in use in the memory of the device behind @fd (sysfs), or -1. */
-static long shm_devmem_used(int fd)
-{
-	char path[80];
-	struct stat st;
-
-	if (fstat(fd, &st))
-		return -1;
-	snprintf(path, sizeof(path), "/sys/dev/char/%u:%u/devmem_used",
-		 major(st.st_rdev), minor(st.st_rdev));
-	return read_long_file(path);
-}
-
 /*
  * Write pattern @seed into [@off, @off + @len) of @fd with pwrite() in
  * chunks, so that the pages are created without ever being mapped.
@@ -4854,36 +4411,36 @@ TEST_F(dmirror, shmem_migrate_round_trip)
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
 	pat_fill(va, len, 201, 0);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
 				 dbuf, npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 201, 0));
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	/* Coherent pages are mapped by the CPU where they are. */
 	if (coh)
 		shm_touch(va, len, self->psz);
 	shm_expect_snap(_metadata, self->fd, va, npages,
 			shm_dev_state(coh, true));
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 
 	pat_fill(dbuf, len, 202, 0);
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
 				 npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
 	ASSERT_EQ(0, cmd.faults);
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, half, 202));
 	ASSERT_EQ(used0 + npages - (coh ? 0 : npages / 2),
-		  shm_devmem_used(self->fd));
+		  devmem_used(self->fd));
 
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
 				 NULL, npages, &cmd));
 	ASSERT_EQ(coh ? npages : npages / 2, cmd.cpages);
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 	ASSERT_EQ(-1, pat_find_bad(va, len, 202, 0));
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 202));
 
@@ -4916,7 +4473,7 @@ TEST_F(dmirror, shmem_write_only_pages)
 	ASSERT_NE(NULL, va);
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	ASSERT_EQ(0, fstat(mfd, &st0));
 
@@ -4924,7 +4481,7 @@ TEST_F(dmirror, shmem_write_only_pages)
 				 dbuf, npages / 2, &cmd));
 	ASSERT_EQ(npages / 2, cmd.cpages);
 	ASSERT_EQ(-1, pat_find_bad(dbuf, half, 211, 0));
-	ASSERT_EQ(used0 + npages / 2, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages / 2, devmem_used(self->fd));
 	if (!coh)
 		shm_expect_snap(_metadata, self->fd, va, npages / 2,
 				shm_dev_state(false, true));
@@ -4935,17 +4492,17 @@ TEST_F(dmirror, shmem_write_only_pages)
 	 */
 	ASSERT_EQ(-ENOENT, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
 				       va + half, dbuf, npages / 2, &cmd));
-	ASSERT_EQ(used0 + npages / 2, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages / 2, devmem_used(self->fd));
 	ASSERT_EQ(0, fstat(mfd, &st1));
 	ASSERT_EQ(st0.st_blocks, st1.st_blocks);
 
 	/* Device-private pages come back through read() alone. */
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, half, 211));
 	ASSERT_EQ(-1, shm_pread_check(mfd, half, half, 0));
-	ASSERT_EQ(used0 + (coh ? npages / 2 : 0), shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (coh ? npages / 2 : 0), devmem_used(self->fd));
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
 				 NULL, npages / 2, &cmd));
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 	ASSERT_EQ(-1, pat_find_bad(va, half, 211, 0));
 	ASSERT_EQ(-1, zero_find_bad(va + half, half));
 
@@ -5031,7 +4588,7 @@ TEST_F(dmirror, shmem_two_processes)
 	ASSERT_NE(NULL, dbuf);
 	ASSERT_EQ(0, pipe(go));
 	ASSERT_EQ(0, pipe(done));
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 
 	pid = fork();
@@ -5052,7 +4609,7 @@ TEST_F(dmirror, shmem_two_processes)
 				 dbuf, npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 221, 0));
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	if (!coh)
 		shm_expect_snap(_metadata, self->fd, va, npages,
 				shm_dev_state(false, true));
@@ -5060,7 +4617,7 @@ TEST_F(dmirror, shmem_two_processes)
 	ASSERT_EQ(0, shm_post(go[1], 'g'));
 	ASSERT_EQ('y', shm_wait(done[0]));
 	/* The child's faults brought device-private pages back. */
-	ASSERT_EQ(used0 + (coh ? npages : 0), shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (coh ? npages : 0), devmem_used(self->fd));
 	memset(dbuf, 0, len);
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
 				 npages, &cmd));
@@ -5072,7 +4629,7 @@ TEST_F(dmirror, shmem_two_processes)
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
 				 dbuf, npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	pat_fill(dbuf, len, 223, 0);
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_WRITE, va, dbuf,
 				 npages, &cmd));
@@ -5114,13 +4671,13 @@ TEST_F(dmirror, shmem_fd_write_while_on_device)
 	ASSERT_NE(NULL, va);
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
 				 dbuf, npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	if (!coh)
 		shm_expect_snap(_metadata, self->fd, va, npages,
 				shm_dev_state(false, true));
@@ -5129,7 +4686,7 @@ TEST_F(dmirror, shmem_fd_write_while_on_device)
 	ASSERT_EQ(0, shm_pwrite_pattern(mfd, woff, wlen, 232));
 	ASSERT_EQ(0, shm_pwrite_pattern(mfd, boff, blen, 232));
 	ASSERT_EQ(used0 + npages - (coh ? 0 : npages / 4 + 1),
-		  shm_devmem_used(self->fd));
+		  devmem_used(self->fd));
 
 	memset(dbuf, 0, len);
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf,
@@ -5144,7 +4701,7 @@ TEST_F(dmirror, shmem_fd_write_while_on_device)
 				   231, boff + blen));
 	/* The pages not written are still on the device. */
 	ASSERT_EQ(used0 + npages - (coh ? 0 : npages / 4 + 1),
-		  shm_devmem_used(self->fd));
+		  devmem_used(self->fd));
 
 	free(dbuf);
 	ASSERT_EQ(0, munmap(va, len));
@@ -5195,16 +4752,16 @@ TEST_F(dmirror, shmem_truncate_on_device)
 	long used0;
 	int mfd;
 
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	mfd = shm_memfd_on_device(_metadata, self->fd, npages, psz, 241, &va);
 	ASSERT_LE(0, mfd);
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
 
 	ASSERT_EQ(0, ftruncate(mfd, half));
-	ASSERT_EQ(used0 + npages / 2, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages / 2, devmem_used(self->fd));
 	ASSERT_TRUE(cpu_read_sigbus(va + half));
 	ASSERT_TRUE(cpu_write_sigbus(va + len - 8));
 	ASSERT_EQ(-EFAULT, dmirror_req(self->fd, HMM_DMIRROR_READ, va + half,
@@ -5223,7 +4780,7 @@ TEST_F(dmirror, shmem_truncate_on_device)
 	ASSERT_EQ(-1, shm_pread_check(mfd, half, half, 0));
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, half, 241));
 	ASSERT_EQ(-1, pat_find_bad(va, half, 241, 0));
-	ASSERT_EQ(used0 + (coh ? npages / 2 : 0), shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (coh ? npages / 2 : 0), devmem_used(self->fd));
 
 	free(dbuf);
 	ASSERT_EQ(0, munmap(va, len));
@@ -5246,17 +4803,17 @@ TEST_F(dmirror, shmem_punch_hole_on_device)
 	long used0;
 	int mfd;
 
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	mfd = shm_memfd_on_device(_metadata, self->fd, npages, psz, 251, &va);
 	ASSERT_LE(0, mfd);
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
 
 	ASSERT_EQ(0, fallocate(mfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			       hoff, hlen));
-	ASSERT_EQ(used0 + npages / 2, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages / 2, devmem_used(self->fd));
 	if (!coh) {
 		shm_expect_snap(_metadata, self->fd, va, npages / 4,
 				shm_dev_state(false, true));
@@ -5272,7 +4829,7 @@ TEST_F(dmirror, shmem_punch_hole_on_device)
 	ASSERT_EQ(-1, zero_find_bad(dbuf + hoff, hlen));
 	ASSERT_EQ(-1, pat_find_bad(dbuf + hoff + hlen, len - hoff - hlen, 251,
 				   hoff + hlen));
-	ASSERT_EQ(used0 + npages / 2, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages / 2, devmem_used(self->fd));
 
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, hoff, 251));
 	ASSERT_EQ(-1, shm_pread_check(mfd, hoff, hlen, 0));
@@ -5282,7 +4839,7 @@ TEST_F(dmirror, shmem_punch_hole_on_device)
 	ASSERT_EQ(-1, zero_find_bad(va + hoff, hlen));
 	ASSERT_EQ(-1, pat_find_bad(va + hoff + hlen, len - hoff - hlen, 251,
 				   hoff + hlen));
-	ASSERT_EQ(used0 + (coh ? npages / 2 : 0), shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (coh ? npages / 2 : 0), devmem_used(self->fd));
 
 	free(dbuf);
 	ASSERT_EQ(0, munmap(va, len));
@@ -5322,19 +4879,19 @@ TEST_F(dmirror, shmem_fork_shared_on_device)
 	long used0;
 	int mfd;
 
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	mfd = shm_memfd_on_device(_metadata, self->fd, npages, psz, 261,
 				  &job.va);
 	ASSERT_LE(0, mfd);
 	job.len = len;
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	if (!coh)
 		shm_expect_snap(_metadata, self->fd, job.va, npages,
 				shm_dev_state(false, true));
 
 	ASSERT_EQ(0, in_child(shm_fork_child, &job));
-	ASSERT_EQ(used0 + (coh ? npages : 0), shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (coh ? npages : 0), devmem_used(self->fd));
 
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
@@ -5371,14 +4928,14 @@ TEST_F(dmirror, shmem_private_mapping)
 	ASSERT_NE(NULL, va);
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
 				 dbuf, npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 271, 0));
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	if (!coh)
 		shm_expect_snap(_metadata, self->fd, va, npages,
 				shm_dev_state(false, false));
@@ -5423,7 +4980,7 @@ TEST_F(dmirror, shmem_munmap_one_mapping)
 	ASSERT_EQ(-1, pat_find_bad(b, len, 281, 0));
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, a,
@@ -5431,14 +4988,14 @@ TEST_F(dmirror, shmem_munmap_one_mapping)
 	ASSERT_EQ(npages, cmd.cpages);
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 281, 0));
 	ASSERT_EQ(0, munmap(a, len));
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	/* The device finds them through the other mapping too. */
 	if (!coh)
 		shm_expect_snap(_metadata, self->fd, b, npages,
 				shm_dev_state(false, true));
 
 	ASSERT_EQ(-1, pat_find_bad(b, len, 281, 0));
-	ASSERT_EQ(used0 + (coh ? npages : 0), shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (coh ? npages : 0), devmem_used(self->fd));
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 281));
 
 	free(dbuf);
@@ -5470,7 +5027,7 @@ TEST_F_TIMEOUT(dmirror, shmem_large_file, 900)
 	ASSERT_NE(NULL, va);
 	dbuf = malloc(SHM_CHUNK);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 
 	for (pass = 0; pass < 2; pass++) {
@@ -5493,17 +5050,17 @@ TEST_F_TIMEOUT(dmirror, shmem_large_file, 900)
 			ASSERT_EQ(bpages, cmd.cpages);
 			ASSERT_EQ(-1, pat_find_bad(dbuf, SHM_CHUNK, 291, off));
 		}
-		ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+		ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 		/* Back by read() first, then by faults on the mapping. */
 		bad = pass ? pat_find_bad(va, len, 291, 0) :
 			     shm_pread_check(mfd, 0, len, 291);
 		ASSERT_EQ(-1, bad);
 		ASSERT_EQ(used0 + (coh ? npages : 0),
-			  shm_devmem_used(self->fd));
+			  devmem_used(self->fd));
 	}
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
 				 NULL, npages, &cmd));
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 291));
 
 	free(dbuf);
@@ -5557,11 +5114,11 @@ static void shm_expect_refused(struct __test_metadata *_metadata, int dev,
 
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(dev);
+	used0 = devmem_used(dev);
 	ASSERT_LE(0, used0);
 	ASSERT_EQ(err, dmirror_req(dev, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
 				   npages, &cmd));
-	ASSERT_EQ(used0, shm_devmem_used(dev));
+	ASSERT_EQ(used0, devmem_used(dev));
 	ASSERT_EQ(-1, pat_find_bad(va, len, seed, 0));
 	memset(dbuf, 0, len);
 	ASSERT_EQ(0, dmirror_req(dev, HMM_DMIRROR_READ, va, dbuf, npages,
@@ -5580,7 +5137,7 @@ TEST_F(dmirror, shmem_not_shmem_refused)
 {
 	size_t len = 8 * self->psz;
 	char dir[] = "/tmp/hmm-tests-ramfs-XXXXXX";
-	size_t hlen = pmd_size();
+	size_t hlen = read_pmd_pagesize();
 	char *va;
 	int fd;
 
@@ -5638,17 +5195,17 @@ TEST_F(dmirror, shmem_close_device_fd)
 
 	dev = dmirror_open(variant->unit);
 	ASSERT_LE(0, dev);
-	used0 = shm_devmem_used(dev);
+	used0 = devmem_used(dev);
 	ASSERT_LE(0, used0);
 	mfd = shm_memfd_on_device(_metadata, dev, npages, self->psz, 311, &va);
 	ASSERT_LE(0, mfd);
-	ASSERT_EQ(used0 + npages, shm_devmem_used(dev));
+	ASSERT_EQ(used0 + npages, devmem_used(dev));
 	if (!variant->coherent)
 		shm_expect_snap(_metadata, dev, va, npages,
 				shm_dev_state(false, true));
 
 	ASSERT_EQ(0, close(dev));
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf, npages,
@@ -5656,141 +5213,11 @@ TEST_F(dmirror, shmem_close_device_fd)
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 311, 0));
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 311));
 	ASSERT_EQ(-1, pat_find_bad(va, len, 311, 0));
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 
 	free(dbuf);
 	ASSERT_EQ(0, munmap(va, len));
 	close(mfd);
-}
-
-#define SHM_SWAPDEV	"/dev/ram0"
-#define SHM_CGROOT	"/sys/fs/cgroup"
-#define SHM_CGROUP	SHM_CGROOT "/hmm-tests-shmem"
-
-static int shm_file_write(const char *path, const char *val)
-{
-	ssize_t n = strlen(val);
-	int fd, ret = 0;
-
-	fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (write(fd, val, n) != n)
-		ret = -errno;
-	close(fd);
-	return ret;
-}
-
-/*
- * Make @path a swap area the way mkswap does: a version 1 header in the
- * first page (no bad pages, no UUID, no label) and the SWAPSPACE2
- * signature in that page's last bytes. Returns 0 or -errno.
- */
-static int shm_mkswap(const char *path, size_t psz)
-{
-	struct {
-		__u32 version;
-		__u32 last_page;
-		__u32 nr_badpages;
-	} info = { .version = 1 };
-	char *page;
-	off_t size;
-	int fd, ret = 0;
-
-	fd = open(path, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	size = lseek(fd, 0, SEEK_END);
-	page = calloc(1, psz);
-	if (size < (off_t)(16 * psz) || !page) {
-		ret = page ? -ENOSPC : -ENOMEM;
-		goto out;
-	}
-	info.last_page = size / psz - 1;
-	memcpy(page + 1024, &info, sizeof(info));
-	memcpy(page + psz - 10, "SWAPSPACE2", 10);
-	if (pwrite(fd, page, psz, 0) != (ssize_t)psz || fsync(fd))
-		ret = -EIO;
-out:
-	free(page);
-	close(fd);
-	return ret;
-}
-
-/*
- * Put the calling process in a fresh memory cgroup limited to @max (a
- * memory.max value). Pages it creates from now on are charged there.
- */
-static bool shm_memcg_entered;	/* for dmirror_leftovers_teardown() */
-static bool shm_swap_started;
-
-static int shm_memcg_enter(const char *max)
-{
-	int ret;
-
-	rmdir(SHM_CGROUP);	/* left over by an earlier failure */
-	ret = shm_file_write(SHM_CGROOT "/cgroup.subtree_control", "+memory");
-	if (ret)
-		return ret;
-	if (mkdir(SHM_CGROUP, 0755))
-		return -errno;
-	shm_memcg_entered = true;
-	ret = shm_file_write(SHM_CGROUP "/memory.max", max);
-	if (!ret)
-		ret = shm_file_write(SHM_CGROUP "/cgroup.procs", "0");
-	return ret;
-}
-
-static void shm_memcg_leave(void)
-{
-	shm_file_write(SHM_CGROOT "/cgroup.procs", "0");
-	rmdir(SHM_CGROUP);
-}
-
-/* Swap in use in the whole system, in kB. */
-static long shm_swap_used_kb(void)
-{
-	return meminfo_kb("SwapTotal") - meminfo_kb("SwapFree");
-}
-
-/* Fresh swap on the RAM disk: 0, or -errno. */
-static int shm_swap_start(size_t psz)
-{
-	int ret;
-
-	swapoff(SHM_SWAPDEV);	/* left on by an earlier failure */
-	ret = shm_mkswap(SHM_SWAPDEV, psz);
-	if (ret)
-		return ret;
-	if (swapon(SHM_SWAPDEV, 0))
-		return -errno;
-	shm_swap_started = true;
-	return 0;
-}
-
-#define KSM_SYSFS	"/sys/kernel/mm/ksm/"
-static bool ksm_started;	/* for dmirror_leftovers_teardown() */
-
-/*
- * Run by FIXTURE_TEARDOWN(dmirror), which also runs after a failed
- * ASSERT: whatever a case left on (swap on the RAM disk, the process in
- * the small memory cgroup, the KSM scanner) must not outlive the case,
- * since later cases and hmm-stress assume no swap. Lifting memory.max
- * first gives swapoff room to read everything back in.
- */
-static void dmirror_leftovers_teardown(void)
-{
-	if (ksm_started)
-		write_long_file(KSM_SYSFS "run", 2);	/* stop, unmerge */
-	ksm_started = false;
-	if (shm_memcg_entered)
-		shm_file_write(SHM_CGROUP "/memory.max", "max");
-	if (shm_swap_started)
-		swapoff(SHM_SWAPDEV);
-	if (shm_memcg_entered)
-		shm_memcg_leave();
-	shm_swap_started = false;
-	shm_memcg_entered = false;
 }
 
 /* Pages of each side of shmem_swap_while_on_device. */
@@ -5819,16 +5246,16 @@ TEST_F_TIMEOUT(dmirror, shmem_swap_while_on_device, 600)
 	size_t off;
 	int mfd;
 
-	if (access(SHM_SWAPDEV, F_OK))
-		SKIP(return, "%s absent: no RAM disk to swap to", SHM_SWAPDEV);
-	ASSERT_EQ(0, shm_swap_start(self->psz));
-	swapped = shm_swap_used_kb();
+	if (access(HMM_SWAPDEV, F_OK))
+		SKIP(return, "%s absent: no RAM disk to swap to", HMM_SWAPDEV);
+	ASSERT_EQ(0, swap_start(self->psz));
+	swapped = swap_used_kb();
 	ASSERT_LE(0, swapped);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	dbuf = malloc(SHM_CHUNK);
 	ASSERT_NE(NULL, dbuf);
-	ASSERT_EQ(0, shm_memcg_enter(SHM_SWAP_LIMIT));
+	ASSERT_EQ(0, memcg_enter(SHM_SWAP_LIMIT));
 
 	mfd = memfd_create("hmm-tests-shmem", MFD_CLOEXEC);
 	ASSERT_LE(0, mfd);
@@ -5842,13 +5269,13 @@ TEST_F_TIMEOUT(dmirror, shmem_swap_while_on_device, 600)
 		ASSERT_EQ(bpages, cmd.cpages);
 		ASSERT_EQ(-1, pat_find_bad(dbuf, SHM_CHUNK, 321, off));
 	}
-	ASSERT_EQ(used0 + apages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + apages, devmem_used(self->fd));
 
 	ASSERT_EQ(0, shm_pwrite_pattern(mfd, alen, len - alen, 321));
-	swapped = shm_swap_used_kb() - swapped;
+	swapped = swap_used_kb() - swapped;
 	TH_LOG("%ld kB of %zu kB swapped out", swapped, (len - alen) >> 10);
 	ASSERT_LE((long)((len - alen) / 2) >> 10, swapped);
-	ASSERT_EQ(used0 + apages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + apages, devmem_used(self->fd));
 	if (!coh)
 		shm_expect_snap(_metadata, self->fd, va, apages,
 				shm_dev_state(false, true));
@@ -5862,50 +5289,23 @@ TEST_F_TIMEOUT(dmirror, shmem_swap_while_on_device, 600)
 		ASSERT_EQ(0, cmd.faults);
 		ASSERT_EQ(-1, pat_find_bad(dbuf, SHM_CHUNK, 321, off));
 	}
-	ASSERT_EQ(used0 + apages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + apages, devmem_used(self->fd));
 
 	/* Room for everything swapoff reads back in. */
-	ASSERT_EQ(0, shm_file_write(SHM_CGROUP "/memory.max", "max"));
-	ASSERT_EQ(0, swapoff(SHM_SWAPDEV));
-	ASSERT_EQ(used0 + apages, shm_devmem_used(self->fd));
+	ASSERT_EQ(0, memcg_set_max("max"));
+	ASSERT_EQ(0, swapoff(HMM_SWAPDEV));
+	ASSERT_EQ(used0 + apages, devmem_used(self->fd));
 	if (!coh)
 		shm_expect_snap(_metadata, self->fd, va, apages,
 				shm_dev_state(false, true));
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 321));
 	ASSERT_EQ(-1, pat_find_bad(va, len, 321, 0));
-	ASSERT_EQ(used0 + (coh ? apages : 0), shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (coh ? apages : 0), devmem_used(self->fd));
 
 	ASSERT_EQ(0, munmap(va, len));
 	close(mfd);
 	free(dbuf);
-	shm_memcg_leave();
-}
-
-/* A /proc/self/pagemap entry of a page swapped out (bit 62). */
-#define PAGEMAP_SWAPPED	0x4000000000000000ULL
-
-/* Pages of [@va, @va + @npages pages) with a swap entry in their PTE. */
-static long pagemap_swapped(const char *va, unsigned long npages,
-			    size_t psz)
-{
-	off_t off = (uintptr_t)va / psz * sizeof(__u64);
-	unsigned long i;
-	__u64 *ent;
-	long n = 0;
-	int fd;
-
-	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	ent = calloc(npages, sizeof(*ent));
-	if (fd < 0 || !ent ||
-	    pread(fd, ent, npages * sizeof(*ent), off) !=
-	    (ssize_t)(npages * sizeof(*ent)))
-		n = -1;
-	for (i = 0; n >= 0 && i < npages; i++)
-		n += !!(ent[i] & PAGEMAP_SWAPPED);
-	free(ent);
-	if (fd >= 0)
-		close(fd);
-	return n;
+	memcg_leave();
 }
 
 /*
@@ -5924,9 +5324,9 @@ TEST_F_TIMEOUT(dmirror, migrate_swap_cache_pages, 300)
 	long cached, swapped = 0;
 	unsigned long i;
 
-	if (access(SHM_SWAPDEV, F_OK))
-		SKIP(return, "%s absent: no RAM disk to swap to", SHM_SWAPDEV);
-	ASSERT_EQ(0, shm_swap_start(self->psz));
+	if (access(HMM_SWAPDEV, F_OK))
+		SKIP(return, "%s absent: no RAM disk to swap to", HMM_SWAPDEV);
+	ASSERT_EQ(0, swap_start(self->psz));
 	va = anon_map(len, PROT_READ | PROT_WRITE, true);
 	ASSERT_NE(NULL, va);
 	dbuf = malloc(len);
@@ -5943,7 +5343,7 @@ TEST_F_TIMEOUT(dmirror, migrate_swap_cache_pages, 300)
 	 */
 	for (i = 0; i < 20; i++) {
 		ASSERT_EQ(0, madvise(va, len, MADV_PAGEOUT));
-		swapped = pagemap_swapped(va, npages, self->psz);
+		swapped = pagemap_count(va, npages, PM_SWAP);
 		if (swapped == (long)npages)
 			break;
 		usleep(10000);
@@ -5956,7 +5356,7 @@ TEST_F_TIMEOUT(dmirror, migrate_swap_cache_pages, 300)
 	 */
 	ASSERT_EQ(0, madvise(va, len, MADV_WILLNEED));
 	ASSERT_EQ(-1, pat_find_bad(va, len, 335, 0));
-	ASSERT_EQ(0, pagemap_swapped(va, npages, self->psz));
+	ASSERT_EQ(0, pagemap_count(va, npages, PM_SWAP));
 	cached = meminfo_kb("SwapCached") - cached;
 	TH_LOG("%ld kB in the swap cache after the read", cached);
 	/* Most of them at least: the fix has to matter for the count. */
@@ -6014,13 +5414,13 @@ static void shm_expect_migrates(struct __test_metadata *_metadata,
 
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(dev);
+	used0 = devmem_used(dev);
 	ASSERT_LE(0, used0);
 	ASSERT_EQ(0, dmirror_req(dev, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
 				 npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, seed, 0));
-	ASSERT_EQ(used0 + npages, shm_devmem_used(dev));
+	ASSERT_EQ(used0 + npages, devmem_used(dev));
 	if (!coh)
 		shm_expect_snap(_metadata, dev, va, npages,
 				shm_dev_state(false, true));
@@ -6110,7 +5510,7 @@ TEST_F(dmirror, shmem_mirrors_follow_the_file)
 	ASSERT_NE(NULL, b);
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 
 	/* The peer mirrors the pages in system memory through b. */
@@ -6121,7 +5521,7 @@ TEST_F(dmirror, shmem_mirrors_follow_the_file)
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, a,
 				 dbuf, npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	if (!coh) {
 		shm_expect_snap(_metadata, self->fd, b, npages,
 				shm_dev_state(false, true));
@@ -6129,7 +5529,7 @@ TEST_F(dmirror, shmem_mirrors_follow_the_file)
 		ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, b, dbuf,
 					 npages, &cmd));
 		ASSERT_EQ(-1, pat_find_bad(dbuf, len, 361, 0));
-		ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+		ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	}
 
 	/* The device rewrites the pages; the peer must not see the old ones. */
@@ -6141,12 +5541,12 @@ TEST_F(dmirror, shmem_mirrors_follow_the_file)
 	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_READ, b, dbuf,
 				 npages, &cmd));
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 362, 0));
-	ASSERT_EQ(used0 + (coh ? npages : 0), shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (coh ? npages : 0), devmem_used(self->fd));
 
 	/* Again on the device; write() changes the first quarter. */
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, a,
 				 dbuf, npages, &cmd));
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	ASSERT_EQ(0, shm_pwrite_pattern(mfd, 0, q, 363));
 	memset(dbuf, 0, len);
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, b, dbuf, npages,
@@ -6182,7 +5582,7 @@ TEST_F(dmirror, shmem_mirrors_follow_the_file)
  */
 TEST_F(dmirror, shmem_huge_folio_stays)
 {
-	size_t len = pmd_size();
+	size_t len = read_pmd_pagesize();
 	unsigned long npages = len / self->psz;
 	long before = meminfo_kb("ShmemHugePages");
 	struct hmm_dmirror_cmd cmd;
@@ -6193,9 +5593,10 @@ TEST_F(dmirror, shmem_huge_folio_stays)
 
 	if (access(SHMEM_THP, W_OK))
 		SKIP(return, "no shmem THP control");
-	advised = thp_mode_is("shmem_enabled", "advise");
+	advised = thp_read_string("shmem_enabled", shmem_enabled_names) ==
+		  SHMEM_ADVISE;
 	if (!advised)
-		ASSERT_EQ(0, shmem_thp_set("advise"));
+		ASSERT_EQ(0, write_str(SHMEM_THP, "advise"));
 	mfd = memfd_create("hmm-tests-shmem-thp", MFD_CLOEXEC);
 	ASSERT_LE(0, mfd);
 	ASSERT_EQ(0, ftruncate(mfd, len));
@@ -6206,17 +5607,17 @@ TEST_F(dmirror, shmem_huge_folio_stays)
 	ASSERT_EQ(0, madvise(va, len, MADV_HUGEPAGE));
 	pat_fill(va, len, 371, 0);
 	if (!advised)
-		ASSERT_EQ(0, shmem_thp_set("never"));
+		ASSERT_EQ(0, write_str(SHMEM_THP, "never"));
 	if (meminfo_kb("ShmemHugePages") - before < (long)(len >> 10))
 		SKIP(return, "no huge shmem page available");
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 
 	ASSERT_EQ(-ENOENT, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV,
 				       va, dbuf, npages, &cmd));
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 	ASSERT_LE((long)(len >> 10),
 		  meminfo_kb("ShmemHugePages") - before);
 	ASSERT_EQ(-1, pat_find_bad(va, len, 371, 0));
@@ -6258,16 +5659,16 @@ TEST_F_TIMEOUT(dmirror, shmem_dirty_after_device_write, 600)
 	long used0, bad;
 	__u64 word;
 
-	if (access(SHM_SWAPDEV, F_OK))
-		SKIP(return, "%s absent: no RAM disk to swap to", SHM_SWAPDEV);
-	ASSERT_EQ(0, shm_swap_start(self->psz));
+	if (access(HMM_SWAPDEV, F_OK))
+		SKIP(return, "%s absent: no RAM disk to swap to", HMM_SWAPDEV);
+	ASSERT_EQ(0, swap_start(self->psz));
 	dev = dmirror_open(variant->unit);
 	ASSERT_LE(0, dev);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	dbuf = malloc(seg);
 	ASSERT_NE(NULL, dbuf);
-	ASSERT_EQ(0, shm_memcg_enter(SHM_SWAP_LIMIT));
+	ASSERT_EQ(0, memcg_enter(SHM_SWAP_LIMIT));
 
 	mfd = memfd_create("hmm-tests-shmem", MFD_CLOEXEC);
 	ASSERT_LE(0, mfd);
@@ -6290,7 +5691,7 @@ TEST_F_TIMEOUT(dmirror, shmem_dirty_after_device_write, 600)
 					 dbuf, spages, &cmd));
 		ASSERT_EQ(spages, cmd.cpages);
 	}
-	ASSERT_EQ(used0 + (NSEG - 1) * spages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (NSEG - 1) * spages, devmem_used(self->fd));
 
 	shm_touch(va + SEG_FAULT * seg, seg, self->psz);
 	ASSERT_EQ(-1, shm_pread_check(mfd, SEG_READ * seg, seg, 391));
@@ -6299,7 +5700,7 @@ TEST_F_TIMEOUT(dmirror, shmem_dirty_after_device_write, 600)
 	ASSERT_EQ(spages, cmd.cpages);
 	ASSERT_EQ(0, close(dev));
 	/* Coherent pages stay on the device when the CPU uses them. */
-	ASSERT_EQ(used0 + (coh ? 2 * spages : 0), shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (coh ? 2 * spages : 0), devmem_used(self->fd));
 
 	/* Eight times the cgroup's limit, written after the segments. */
 	fill = shm_memfd_pattern(8 * 16 * SZ_1M, 392);
@@ -6321,9 +5722,9 @@ TEST_F_TIMEOUT(dmirror, shmem_dirty_after_device_write, 600)
 	ASSERT_EQ(0, munmap(va, len));
 	close(mfd);
 	free(dbuf);
-	ASSERT_EQ(0, shm_file_write(SHM_CGROUP "/memory.max", "max"));
-	ASSERT_EQ(0, swapoff(SHM_SWAPDEV));
-	shm_memcg_leave();
+	ASSERT_EQ(0, memcg_set_max("max"));
+	ASSERT_EQ(0, swapoff(HMM_SWAPDEV));
+	memcg_leave();
 }
 
 /*
@@ -6343,11 +5744,11 @@ TEST_F(dmirror, shmem_splice_on_device)
 	long used0;
 	ssize_t n;
 
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	mfd = shm_memfd_on_device(_metadata, self->fd, npages, psz, 401, &va);
 	ASSERT_LE(0, mfd);
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
 	ASSERT_EQ(0, pipe(pfd));
@@ -6370,7 +5771,7 @@ TEST_F(dmirror, shmem_splice_on_device)
 	ASSERT_EQ((ssize_t)(len - 2 * psz), n);
 	ASSERT_EQ((ssize_t)(len - 2 * psz), pread(out, dbuf, len - 2 * psz, 0));
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len - 2 * psz, 401, 2 * psz));
-	ASSERT_EQ(used0 + (coh ? npages : 0), shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (coh ? npages : 0), devmem_used(self->fd));
 
 	/* Back on the device, then allocated over and past its end. */
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
@@ -6379,7 +5780,7 @@ TEST_F(dmirror, shmem_splice_on_device)
 	ASSERT_EQ(-1, pat_find_bad(dbuf + psz, psz, 402, psz));
 	ASSERT_EQ(-1, pat_find_bad(dbuf + 2 * psz, len - 2 * psz, 401,
 				   2 * psz));
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	ASSERT_EQ(0, fallocate(mfd, 0, 0, 2 * len));
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, psz, 401));
 	ASSERT_EQ(-1, shm_pread_check(mfd, psz, psz, 402));
@@ -6418,15 +5819,15 @@ TEST_F(dmirror, shmem_sealed_memfd)
 	ASSERT_NE(NULL, va);
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
 				 dbuf, npages, &cmd));
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	ASSERT_EQ(0, munmap(va, len));
 
 	ASSERT_EQ(0, fcntl(mfd, F_ADD_SEALS, F_SEAL_WRITE));
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 	va = mmap(NULL, len, PROT_READ, MAP_SHARED, mfd, 0);
 	ASSERT_NE(MAP_FAILED, va);
 	if (!coh)
@@ -6471,12 +5872,12 @@ static int shm_exit_child(void *arg)
 	dev = dmirror_open(job->unit);
 	va = shm_map(job->mfd, job->len, MAP_SHARED);
 	dbuf = malloc(job->len);
-	used0 = shm_devmem_used(dev);
+	used0 = devmem_used(dev);
 	if (dev < 0 || !va || !dbuf || used0 < 0)
 		return 1;
 	if (dmirror_req(dev, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf, npages,
 			&cmd) || pat_find_bad(dbuf, job->len, 421, 0) != -1 ||
-	    shm_devmem_used(dev) != used0 + (long)npages)
+	    devmem_used(dev) != used0 + (long)npages)
 		return 2;
 	pat_fill(dbuf, job->len, 422, 0);
 	if (dmirror_req(dev, HMM_DMIRROR_WRITE, va, dbuf, npages, &cmd))
@@ -6503,11 +5904,11 @@ TEST_F(dmirror, shmem_owner_exits)
 	ASSERT_LE(0, job.mfd);
 	va = shm_map(job.mfd, job.len, MAP_SHARED);
 	ASSERT_NE(NULL, va);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 
 	ASSERT_EQ(0, in_child(shm_exit_child, &job));
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 	ASSERT_EQ(-1, shm_pread_check(job.mfd, 0, job.len, 422));
 	ASSERT_EQ(-1, pat_find_bad(va, job.len, 422, 0));
 
@@ -6662,7 +6063,7 @@ TEST_F_TIMEOUT(dmirror, shmem_race_cpu_and_migration, 300)
 	long used0;
 	char *dbuf;
 
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	r.mfd = shm_memfd_pattern(len, 431);
 	ASSERT_LE(0, r.mfd);
@@ -6694,7 +6095,7 @@ TEST_F_TIMEOUT(dmirror, shmem_race_cpu_and_migration, 300)
 	ASSERT_EQ(-1, pat_find_bad(dbuf + half, half, 431, half));
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, r.va,
 				 NULL, npages, &cmd));
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 	ASSERT_EQ((ssize_t)len, pread(r.mfd, dbuf, len, 0));
 	for (p = 0; p < SHM_RACE_PAGES; p++)
 		ASSERT_EQ(shm_race_word(r.last_gen, p),
@@ -6705,19 +6106,6 @@ TEST_F_TIMEOUT(dmirror, shmem_race_cpu_and_migration, 300)
 	free(dbuf);
 	ASSERT_EQ(0, munmap(r.va, len));
 	close(r.mfd);
-}
-
-/* Path of sysfs attribute @name of the device behind @fd. */
-static int shm_devattr_path(int fd, const char *name, char *path,
-			    size_t size)
-{
-	struct stat st;
-
-	if (fstat(fd, &st))
-		return -errno;
-	snprintf(path, size, "/sys/dev/char/%u:%u/%s", major(st.st_rdev),
-		 minor(st.st_rdev), name);
-	return 0;
 }
 
 /*
@@ -6736,8 +6124,8 @@ TEST_F(dmirror, shmem_migrate_between_devices)
 	char *va, *dbuf;
 	int mfd;
 
-	used0 = shm_devmem_used(self->fd);
-	pused0 = shm_devmem_used(self->peer_fd);
+	used0 = devmem_used(self->fd);
+	pused0 = devmem_used(self->peer_fd);
 	ASSERT_LE(0, used0);
 	ASSERT_LE(0, pused0);
 	mfd = shm_memfd_on_device(_metadata, self->fd, npages, self->psz, 451,
@@ -6749,17 +6137,17 @@ TEST_F(dmirror, shmem_migrate_between_devices)
 	ASSERT_EQ(-ENOENT, dmirror_req(self->peer_fd,
 				       HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
 				       npages, &cmd));
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
-	ASSERT_EQ(pused0, shm_devmem_used(self->peer_fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
+	ASSERT_EQ(pused0, devmem_used(self->peer_fd));
 
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
 				 NULL, npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 	ASSERT_EQ(0, dmirror_req(self->peer_fd, HMM_DMIRROR_MIGRATE_TO_DEV,
 				 va, dbuf, npages, &cmd));
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 451, 0));
-	ASSERT_EQ(pused0 + npages, shm_devmem_used(self->peer_fd));
+	ASSERT_EQ(pused0 + npages, devmem_used(self->peer_fd));
 	if (!coh)
 		shm_expect_snap(_metadata, self->peer_fd, va, npages,
 				shm_dev_state(false, true));
@@ -6771,13 +6159,13 @@ TEST_F(dmirror, shmem_migrate_between_devices)
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
 				 NULL, npages, &cmd));
 	ASSERT_EQ(0, cmd.cpages);
-	ASSERT_EQ(pused0 + npages, shm_devmem_used(self->peer_fd));
+	ASSERT_EQ(pused0 + npages, devmem_used(self->peer_fd));
 	memset(dbuf, 0, len);
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_READ, va, dbuf, npages,
 				 &cmd));
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 452, 0));
 	ASSERT_EQ(pused0 + (coh ? npages : 0),
-		  shm_devmem_used(self->peer_fd));
+		  devmem_used(self->peer_fd));
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 452));
 
 	free(dbuf);
@@ -6795,27 +6183,25 @@ TEST_F(dmirror, shmem_device_memory_runs_out)
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz;
 	struct hmm_dmirror_cmd cmd;
-	char *va, *dbuf, path[96];
+	char *va, *dbuf;
 	long used0;
 	int mfd, ret;
 
-	ASSERT_EQ(0, shm_devattr_path(self->fd, "devmem_limit", path,
-				      sizeof(path)));
 	mfd = shm_memfd_pattern(len, 461);
 	ASSERT_LE(0, mfd);
 	va = shm_map(mfd, len, MAP_SHARED);
 	ASSERT_NE(NULL, va);
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 
-	ASSERT_EQ(0, write_long_file(path, used0 + npages / 2));
+	ASSERT_EQ(0, devattr_write(dmirror_rdev(self->fd), "devmem_limit", used0 + npages / 2));
 	ret = dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va, dbuf,
 			  npages, &cmd);
-	ASSERT_EQ(0, write_long_file(path, 0));
+	ASSERT_EQ(0, devattr_write(dmirror_rdev(self->fd), "devmem_limit", 0));
 	ASSERT_EQ(-ENOMEM, ret);
-	ASSERT_EQ(used0 + npages / 2, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages / 2, devmem_used(self->fd));
 	if (!variant->coherent)
 		shm_expect_snap(_metadata, self->fd, va, npages / 2,
 				shm_dev_state(false, true));
@@ -6824,7 +6210,7 @@ TEST_F(dmirror, shmem_device_memory_runs_out)
 	ASSERT_EQ(-1, pat_find_bad(va, len, 461, 0));
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
 				 NULL, npages, &cmd));
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 
 	free(dbuf);
 	ASSERT_EQ(0, munmap(va, len));
@@ -6857,13 +6243,13 @@ TEST_F(dmirror, shmem_mprotect_unpopulated)
 			   MAP_SHARED | MAP_FIXED, mfd, 0));
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, va,
 				 dbuf, npages, &cmd));
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 471, 0));
-	ASSERT_EQ(used0 + npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + npages, devmem_used(self->fd));
 
 	ASSERT_EQ(0, mprotect(va, len, PROT_READ));
 	if (!variant->coherent)
@@ -7136,23 +6522,6 @@ TEST_F_TIMEOUT(dmirror, shmem_release_races_close, 120)
 #include <sys/ptrace.h>
 #include <sys/uio.h>
 
-/* Like cpu_touch(), but an access the mapping forbids gives SIGSEGV. */
-static int cpu_touch_segv(__u64 *p, bool write, __u64 *val)
-{
-	struct sigaction sa, old;
-	int sig;
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = cpu_touch_handler;
-	sa.sa_flags = SA_SIGINFO;
-	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGSEGV, &sa, &old))
-		return -1;
-	sig = cpu_touch(p, write, val);
-	sigaction(SIGSEGV, &old, NULL);
-	return sig;
-}
-
 /* Does an access to @p raise SIGSEGV with SEGV_ACCERR at exactly @p? */
 static bool cpu_access_segv(void *p, bool write)
 {
@@ -7229,7 +6598,7 @@ static int devlock_odirect_refused(char *va, size_t psz)
 	void *blk;
 	int fd, ret = 0;
 
-	fd = open(SHM_SWAPDEV, O_RDWR | O_DIRECT | O_CLOEXEC);
+	fd = open(HMM_SWAPDEV, O_RDWR | O_DIRECT | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? 1 : 50;
 	if (posix_memalign(&blk, psz, psz)) {
@@ -7304,7 +6673,7 @@ TEST_F(devlock, gup_refused)
 
 	ret = devlock_odirect_refused(va, psz);
 	if (ret == 1)
-		TH_LOG("%s absent: O_DIRECT not checked", SHM_SWAPDEV);
+		TH_LOG("%s absent: O_DIRECT not checked", HMM_SWAPDEV);
 	else if (ret)
 		TH_LOG("O_DIRECT step %d: %s", ret,
 		       strerror(devlock_odirect_errno));
@@ -7396,7 +6765,7 @@ static int devlock_exit_child(void *arg)
 		return 62;
 	if (locked_pages(fd, va, npages) != (long)npages)
 		return 63;
-	if (shm_devmem_used(fd) < used0 + (long)npages)
+	if (devmem_used(fd) < used0 + (long)npages)
 		return 64;
 	return 0;	/* no unlock, no munmap, no close */
 }
@@ -7414,11 +6783,11 @@ TEST_F(devlock, ends_at_exit)
 	char *va;
 	int i;
 
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	for (i = 0; i < 3; i++) {
 		ASSERT_EQ(0, in_child(devlock_exit_child, &used0));
-		ASSERT_EQ(used0, shm_devmem_used(self->fd));
+		ASSERT_EQ(used0, devmem_used(self->fd));
 	}
 	va = devlock_map_migrated(self->fd, npages, psz, 133);
 	ASSERT_NE(NULL, va);
@@ -7429,7 +6798,7 @@ TEST_F(devlock, ends_at_exit)
 				 npages, &cmd));
 	ASSERT_EQ(-1, pat_find_bad(va, len, 133, 0));
 	munmap(va, len);
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 }
 
 struct devlock_cow_job {
@@ -7509,37 +6878,6 @@ TEST_F(devlock, device_write_after_fork)
 }
 
 /*
- * Value in kB of field @key ("Rss", "Swap", ...) of the /proc/self/smaps
- * entry of the mapping that starts at @va, or -1.
- */
-static long smaps_kb(void *va, const char *key)
-{
-	size_t klen = strlen(key);
-	unsigned long start, end;
-	bool in = false;
-	char line[256];
-	long val = -1;
-	FILE *f;
-
-	f = fopen("/proc/self/smaps", "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%lx-%lx ", &start, &end) == 2 &&
-		    strchr(line, '-') < strchr(line, ' ')) {
-			in = start == (uintptr_t)va;
-			continue;
-		}
-		if (in && !strncmp(line, key, klen) && line[klen] == ':') {
-			val = strtol(line + klen + 1, NULL, 10);
-			break;
-		}
-	}
-	fclose(f);
-	return val;
-}
-
-/*
  * MADV_PAGEOUT @va until all of its @len bytes are in swap (smaps Swap),
  * a few tries since pages still on a per-CPU LRU list are skipped.
  * Returns the kB swapped.
@@ -7608,15 +6946,15 @@ TEST_F_TIMEOUT(dmirror, swapped_out_anon_read, 120)
 	size_t len = npages * self->psz;
 	char *va;
 
-	if (access(SHM_SWAPDEV, F_OK))
-		SKIP(return, "%s absent: no RAM disk to swap to", SHM_SWAPDEV);
-	ASSERT_EQ(0, shm_swap_start(self->psz));
+	if (access(HMM_SWAPDEV, F_OK))
+		SKIP(return, "%s absent: no RAM disk to swap to", HMM_SWAPDEV);
+	ASSERT_EQ(0, swap_start(self->psz));
 	va = anon_map(len, PROT_READ | PROT_WRITE, true);
 	ASSERT_NE(NULL, va);
 	pat_fill(va, len, 140, 0);
 	expect_swapped_read(_metadata, self->fd, va, len, self->psz, 140);
 	ASSERT_EQ(0, munmap(va, len));
-	ASSERT_EQ(0, swapoff(SHM_SWAPDEV));
+	ASSERT_EQ(0, swapoff(HMM_SWAPDEV));
 }
 
 /* Shmem pages in swap: the device read brings them back intact. */
@@ -7627,9 +6965,9 @@ TEST_F_TIMEOUT(dmirror, swapped_out_shmem_read, 120)
 	char *va;
 	int mfd;
 
-	if (access(SHM_SWAPDEV, F_OK))
-		SKIP(return, "%s absent: no RAM disk to swap to", SHM_SWAPDEV);
-	ASSERT_EQ(0, shm_swap_start(self->psz));
+	if (access(HMM_SWAPDEV, F_OK))
+		SKIP(return, "%s absent: no RAM disk to swap to", HMM_SWAPDEV);
+	ASSERT_EQ(0, swap_start(self->psz));
 	mfd = shm_memfd_pattern(len, 141);
 	ASSERT_LE(0, mfd);
 	va = shm_map(mfd, len, MAP_SHARED);
@@ -7639,13 +6977,13 @@ TEST_F_TIMEOUT(dmirror, swapped_out_shmem_read, 120)
 	ASSERT_EQ(-1, shm_pread_check(mfd, 0, len, 141));
 	ASSERT_EQ(0, munmap(va, len));
 	close(mfd);
-	ASSERT_EQ(0, swapoff(SHM_SWAPDEV));
+	ASSERT_EQ(0, swapoff(HMM_SWAPDEV));
 }
 
 /* Merged pages of this process, from /proc/self/ksm_merging_pages. */
 static long ksm_merged_count(void)
 {
-	return read_long_file("/proc/self/ksm_merging_pages");
+	return read_num("/proc/self/ksm_merging_pages");
 }
 
 /*
@@ -7668,7 +7006,7 @@ TEST_F_TIMEOUT(dmirror, ksm_merged_pages, 120)
 
 	if (access(KSM_SYSFS "run", F_OK))
 		SKIP(return, "no KSM (CONFIG_KSM off)");
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	a = anon_map(len, PROT_READ | PROT_WRITE, true);
 	b = anon_map(len, PROT_READ | PROT_WRITE, true);
@@ -7683,16 +7021,15 @@ TEST_F_TIMEOUT(dmirror, ksm_merged_pages, 120)
 	ASSERT_EQ(0, madvise(a, len, MADV_MERGEABLE));
 	ASSERT_EQ(0, madvise(b, len, MADV_MERGEABLE));
 
-	ASSERT_EQ(0, write_long_file(KSM_SYSFS "sleep_millisecs", 0));
-	ASSERT_EQ(0, write_long_file(KSM_SYSFS "pages_to_scan", 1000));
-	ksm_started = true;
-	ASSERT_EQ(0, write_long_file(KSM_SYSFS "run", 1));
+	ASSERT_EQ(0, write_str(KSM_SYSFS "sleep_millisecs", "0"));
+	ASSERT_EQ(0, write_str(KSM_SYSFS "pages_to_scan", "1000"));
+	ASSERT_EQ(0, ksm_run(1));
 	for (end = time(NULL) + 60; time(NULL) < end; usleep(20000)) {
 		merged = ksm_merged_count();
 		if (merged >= (long)(2 * npages))
 			break;
 	}
-	ASSERT_EQ(0, write_long_file(KSM_SYSFS "run", 0));
+	ASSERT_EQ(0, ksm_run(0));
 	TH_LOG("%ld of %lu pages merged", merged, 2 * npages);
 	ASSERT_EQ((long)(2 * npages), merged);
 
@@ -7713,7 +7050,7 @@ TEST_F_TIMEOUT(dmirror, ksm_merged_pages, 120)
 	ret = dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_DEV, a, dbuf,
 			  npages, &cmd);
 	ASSERT_TRUE(ret == 0 || ret == -ENOENT);
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_SNAPSHOT, a, snap,
 				 npages, &cmd));
 	for (i = 0; i < npages; i++)
@@ -7739,15 +7076,14 @@ TEST_F_TIMEOUT(dmirror, ksm_merged_pages, 120)
 				 dbuf, npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 143, 0));
-	ASSERT_EQ(used0 + (long)npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (long)npages, devmem_used(self->fd));
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, a,
 				 NULL, npages, &cmd));
 	ASSERT_EQ(-1, pat_find_bad(a, len, 143, 0));
 	ASSERT_EQ(-1, pat_find_bad(b, len, 142, 0));
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 
-	ASSERT_EQ(0, write_long_file(KSM_SYSFS "run", 2));
-	ksm_started = false;
+	ASSERT_EQ(0, ksm_run(2));
 	free(snap);
 	free(dbuf);
 	munmap(a, len);
@@ -7761,35 +7097,6 @@ TEST_F_TIMEOUT(dmirror, ksm_merged_pages, 120)
  * migrate with their data. The page stays poisoned for the rest of the
  * boot: one page of RAM.
  */
-/*
- * MADV_HWPOISON @p: memory_failure() as for an error the CPU consumed,
- * which sends the caller SIGBUS (BUS_MCEERR_AR) at @p. Returns 0 when
- * the page got poisoned that way.
- */
-static int hwpoison_page(char *p, size_t psz)
-{
-	struct sigaction sa, old;
-	int ret;
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = cpu_touch_handler;
-	sa.sa_flags = SA_SIGINFO;
-	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGBUS, &sa, &old))
-		return -errno;
-	cpu_touch_sig = 0;
-	ret = 0;
-	if (!sigsetjmp(cpu_touch_env, 1))
-		ret = madvise(p, psz, MADV_HWPOISON) ? -errno : 0;
-	sigaction(SIGBUS, &old, NULL);
-	if (ret)
-		return ret;
-	if (cpu_touch_sig && (cpu_touch_sig != SIGBUS ||
-			      cpu_touch_code != BUS_MCEERR_AR))
-		return -EPROTO;
-	return 0;
-}
-
 TEST_F(dmirror, hwpoison_page_is_error)
 {
 	const unsigned long npages = 8, bad = 3;
@@ -7870,7 +7177,7 @@ TEST_F(dmirror, shmem_device_pages_smaps)
 
 	dbuf = malloc(len);
 	ASSERT_NE(NULL, dbuf);
-	used0 = shm_devmem_used(self->fd);
+	used0 = devmem_used(self->fd);
 	ASSERT_LE(0, used0);
 	mfd = shm_memfd_pattern(len, 145);
 	ASSERT_LE(0, mfd);
@@ -7884,7 +7191,7 @@ TEST_F(dmirror, shmem_device_pages_smaps)
 				 dbuf, npages, &cmd));
 	ASSERT_EQ(npages, cmd.cpages);
 	ASSERT_EQ(-1, pat_find_bad(dbuf, len, 145, 0));
-	ASSERT_EQ(used0 + (long)npages, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0 + (long)npages, devmem_used(self->fd));
 	if (coh)
 		shm_touch(va, len, self->psz);
 	ASSERT_EQ(coh ? 0 : kb, smaps_kb(va, "Swap"));
@@ -7893,7 +7200,7 @@ TEST_F(dmirror, shmem_device_pages_smaps)
 	/* Back in system memory: the figures are back too. */
 	ASSERT_EQ(0, dmirror_req(self->fd, HMM_DMIRROR_MIGRATE_TO_SYS, va,
 				 NULL, npages, &cmd));
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 	ASSERT_EQ(-1, pat_find_bad(va, len, 145, 0));
 	ASSERT_EQ(0, smaps_kb(va, "Swap"));
 	ASSERT_EQ(kb, smaps_kb(va, "Rss"));
@@ -7904,7 +7211,7 @@ TEST_F(dmirror, shmem_device_pages_smaps)
 	ASSERT_EQ(npages, cmd.cpages);
 	ASSERT_EQ(0, fallocate(mfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			       0, len));
-	ASSERT_EQ(used0, shm_devmem_used(self->fd));
+	ASSERT_EQ(used0, devmem_used(self->fd));
 	ASSERT_EQ(0, smaps_kb(va, "Swap"));
 	ASSERT_EQ(0, munmap(va, len));
 	close(mfd);
