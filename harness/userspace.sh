@@ -33,7 +33,10 @@ cp "$HARNESS/guest/init" "$ROOT/init"
 MM=$LINUX/tools/testing/selftests/mm
 # hmm-common.c is ours (-Werror); vm_util.c and thp_settings.c upstream's.
 HMM_LIBS="$MM/hmm-common.c $MM/vm_util.c $MM/thp_settings.c"
-cc_prog hmm-tests "$MM/hmm-tests.c $HMM_LIBS" -Werror
+for t in hmm-tests hmm-migrate-tests hmm-devlock-tests hmm-dma-tests \
+	hmm-shmem-tests hmm-shmem-evict-tests; do
+	cc_prog $t "$MM/$t.c $HMM_LIBS" -Werror
+done
 cc_prog hmm-demo "$HARNESS/demo/hmm-demo.c" -Werror
 # Upstream 6.12's own selftest, from the pristine base commit, built
 # against our uapi header: existing userspace must keep working.

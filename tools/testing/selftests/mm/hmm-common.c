@@ -67,7 +67,6 @@ int dmirror_req(int fd, unsigned long req, void *addr, void *data,
 	return ret < 0 ? -errno : 0;
 }
 
-
 /* CHECK_EXCLUSIVE on pages [from, to) of @va: 0 or -EPERM. */
 int excl_state(int fd, char *va, size_t psz, unsigned long from,
 	       unsigned long to)
@@ -241,6 +240,131 @@ long file_find_bad(int fd, size_t len, __u32 seed)
 	return bad;
 }
 
+/* ---------------------------------------------------------------------
+ * shmem files holding patterns, and byte checks.
+ */
+
+/*
+ * Write pattern @seed into [@off, @off + @len) of @fd with pwrite() in
+ * chunks, so that the pages are created without ever being mapped.
+ */
+int shm_pwrite_pattern(int fd, size_t off, size_t len, __u32 seed)
+{
+	size_t n, done;
+	char *buf;
+	int ret = 0;
+
+	buf = malloc(SHM_CHUNK);
+	if (!buf)
+		return -ENOMEM;
+	for (done = 0; done < len; done += n) {
+		n = len - done < SHM_CHUNK ? len - done : SHM_CHUNK;
+		pat_fill(buf, n, seed, off + done);
+		if (pwrite(fd, buf, n, off + done) != (ssize_t)n) {
+			ret = -EIO;
+			break;
+		}
+	}
+	free(buf);
+	return ret;
+}
+
+/*
+ * Check [@off, @off + @len) of @fd with pread() in chunks: pattern @seed,
+ * or zeros for @seed 0 (no case here uses 0 as a pattern). Returns the
+ * file offset of the first wrong word, -1 if all match, -2 on a short read.
+ */
+long shm_pread_check(int fd, size_t off, size_t len, __u32 seed)
+{
+	size_t n, done;
+	long bad = -1;
+	char *buf;
+
+	buf = malloc(SHM_CHUNK);
+	if (!buf)
+		return -2;
+	for (done = 0; done < len && bad == -1; done += n) {
+		n = len - done < SHM_CHUNK ? len - done : SHM_CHUNK;
+		if (pread(fd, buf, n, off + done) != (ssize_t)n) {
+			bad = -2;
+			break;
+		}
+		bad = seed ? pat_find_bad(buf, n, seed, off + done) :
+			     zero_find_bad(buf, n);
+		if (bad >= 0)
+			bad += off + done;
+	}
+	free(buf);
+	return bad;
+}
+
+/* A memfd of @len bytes holding pattern @seed, written with pwrite(). */
+int shm_memfd_pattern(size_t len, __u32 seed)
+{
+	int fd = memfd_create("hmm-tests-shmem", MFD_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	if (ftruncate(fd, len) || shm_pwrite_pattern(fd, 0, len, seed)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Read-write mapping of the first @len bytes of @fd, or NULL. */
+char *shm_map(int fd, size_t len, int flags)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, flags, fd, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+/*
+ * What SNAPSHOT on the owning device shows for a migrated shmem page: a
+ * device-private page is reported from its page cache entry, writable for
+ * a shared writable mapping only; a device-coherent page once a CPU
+ * access has mapped it.
+ */
+unsigned char shm_dev_state(bool coherent, bool writable)
+{
+	return (coherent ? HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL :
+			   HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL) |
+	       (writable ? DEV_RW : DEV_RO);
+}
+
+/*
+ * The CPU reads every page of [@va, @va + @len) through a mapping: that
+ * brings device-private pages back and maps device-coherent ones. Returns
+ * the sum of the first words, so the loads cannot be dropped.
+ */
+__u64 shm_touch(const char *va, size_t len, size_t psz)
+{
+	__u64 sum = 0;
+	size_t off;
+
+	for (off = 0; off < len; off += psz)
+		sum += __atomic_load_n((const __u64 *)(va + off),
+				       __ATOMIC_RELAXED);
+	return sum;
+}
+
+/* Is every byte of @p, @len bytes, equal to @c? */
+bool all_bytes(const void *p, size_t len, unsigned char c)
+{
+	const unsigned char *b = p;
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (b[i] != c)
+			return false;
+	return true;
+}
+
+/* ---------------------------------------------------------------------
+ * Child processes.
+ */
+
 /*
  * Run @fn in a child process and return its exit status (128 + signal if
  * it was killed). Children report by exit code: the harness's ASSERT
@@ -262,7 +386,6 @@ int in_child(int (*fn)(void *), void *arg)
 		return 128 + WTERMSIG(status);
 	return WEXITSTATUS(status);
 }
-
 
 /* ---------------------------------------------------------------------
  * CPU accesses that may raise a signal. One handler for SIGBUS and

@@ -29,6 +29,7 @@
 /* The RAM disk (CONFIG_BLK_DEV_RAM) that swap cases put swap on. */
 #define HMM_SWAPDEV	"/dev/ram0"
 #define HMM_CGROOT	"/sys/fs/cgroup"
+#define SHM_SWAP_LIMIT	"16M"	/* memory.max while swap cases write */
 #define KSM_SYSFS	"/sys/kernel/mm/ksm/"
 
 /* thp_read_string() names of .../transparent_hugepage/{enabled,shmem_enabled} */
@@ -66,6 +67,16 @@ void *anon_map_aligned(size_t len, size_t align);
 char *thp_map_filled(size_t len, __u32 seed);
 int tmpfile_with_pattern(size_t len, __u32 seed);
 long file_find_bad(int fd, size_t len, __u32 seed);
+
+/* shmem files holding patterns, written and checked with pwrite/pread. */
+#define SHM_CHUNK	SZ_1M	/* read()/write() buffer of the big cases */
+int shm_pwrite_pattern(int fd, size_t off, size_t len, __u32 seed);
+long shm_pread_check(int fd, size_t off, size_t len, __u32 seed);
+int shm_memfd_pattern(size_t len, __u32 seed);
+char *shm_map(int fd, size_t len, int flags);
+unsigned char shm_dev_state(bool coherent, bool writable);
+__u64 shm_touch(const char *va, size_t len, size_t psz);
+bool all_bytes(const void *p, size_t len, unsigned char c);
 
 /* Child processes, which report by exit code. */
 int in_child(int (*fn)(void *), void *arg);
