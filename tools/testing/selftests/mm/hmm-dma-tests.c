@@ -66,13 +66,13 @@ FIXTURE_VARIANT(hmm_dma) {
 	bool coherent;
 };
 
-FIXTURE_VARIANT_ADD(hmm_dma, private_mem) {
+FIXTURE_VARIANT_ADD(hmm_dma, hmm_device_private) {
 	.unit = 0,
 	.peer = 1,
 	.coherent = false,
 };
 
-FIXTURE_VARIANT_ADD(hmm_dma, coherent_mem) {
+FIXTURE_VARIANT_ADD(hmm_dma, hmm_device_coherent) {
 	.unit = 2,
 	.peer = 3,
 	.coherent = true,

@@ -11,32 +11,32 @@
  * memory, both open for the calling process.
  */
 
-FIXTURE(dmirror) {
+FIXTURE(hmm) {
 	int fd;
 	int peer_fd;
 	size_t psz;
 	bool gigantic_borrowed;	/* shrink the 1 GiB pool back on teardown */
 };
 
-FIXTURE_VARIANT(dmirror) {
+FIXTURE_VARIANT(hmm) {
 	int unit;
 	int peer;
 	bool coherent;
 };
 
-FIXTURE_VARIANT_ADD(dmirror, private_mem) {
+FIXTURE_VARIANT_ADD(hmm, hmm_device_private) {
 	.unit = 0,
 	.peer = 1,
 	.coherent = false,
 };
 
-FIXTURE_VARIANT_ADD(dmirror, coherent_mem) {
+FIXTURE_VARIANT_ADD(hmm, hmm_device_coherent) {
 	.unit = 2,
 	.peer = 3,
 	.coherent = true,
 };
 
-FIXTURE_SETUP(dmirror)
+FIXTURE_SETUP(hmm)
 {
 	self->psz = sysconf(_SC_PAGESIZE);
 	self->fd = dmirror_open(variant->unit);
@@ -54,7 +54,7 @@ FIXTURE_SETUP(dmirror)
 
 #define GIGANTIC_NR "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"
 
-FIXTURE_TEARDOWN(dmirror)
+FIXTURE_TEARDOWN(hmm)
 {
 	/* Swap, memcg, KSM left on by a case that failed half way. */
 	hmm_leftovers_teardown();

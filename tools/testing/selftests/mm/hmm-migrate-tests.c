@@ -51,7 +51,7 @@
  * To the device and back. MIGRATE_TO_DEV hands back what the device now
  * holds; while there the device reads its own copy without faulting.
  */
-TEST_F(dmirror, migrate_round_trip)
+TEST_F(hmm, migrate)
 {
 	const unsigned long npages = 1024;
 	size_t len = npages * self->psz;
@@ -99,7 +99,7 @@ TEST_F(dmirror, migrate_round_trip)
  * Parts of a range move independently; pages already where a request
  * wants them are left alone and still counted as there.
  */
-TEST_F(dmirror, migrate_sub_ranges)
+TEST_F(hmm, migrate_sub_ranges)
 {
 	const unsigned long npages = 64;
 	size_t psz = self->psz, len = npages * psz;
@@ -150,7 +150,7 @@ TEST_F(dmirror, migrate_sub_ranges)
  * the next pattern. Private memory comes back alternately by explicit
  * migration and by CPU faults.
  */
-TEST_F(dmirror, migrate_many_times)
+TEST_F(hmm, migrate_multiple)
 {
 	const unsigned long npages = 128;
 	size_t len = npages * self->psz;
@@ -196,7 +196,7 @@ TEST_F(dmirror, migrate_many_times)
  * addressable, so each touched page faults back to system memory on its
  * own and the rest stay put. Coherent pages are used in place.
  */
-TEST_F(dmirror, cpu_access_device_pages)
+TEST_F(hmm, cpu_access_device_pages)
 {
 	const unsigned long npages = 32;
 	size_t psz = self->psz, len = npages * psz;
@@ -261,7 +261,7 @@ TEST_F(dmirror, cpu_access_device_pages)
  * request fails with ENOENT and leaves them in place. Going through
  * system memory moves them.
  */
-TEST_F(dmirror, migrate_between_devices)
+TEST_F(hmm, migrate_between_devices)
 {
 	const unsigned long npages = 16;
 	size_t psz = self->psz, len = npages * psz;
@@ -326,7 +326,7 @@ TEST_F(dmirror, migrate_between_devices)
  * a hole, a range running off the end of its mapping. Nothing to bring
  * back is not an error.
  */
-TEST_F(dmirror, migrate_refused)
+TEST_F(hmm, migrate_refused)
 {
 	const unsigned long npages = 5;
 	size_t psz = self->psz, len = npages * psz;
@@ -370,7 +370,7 @@ TEST_F(dmirror, migrate_refused)
  * the device: the device may read them, but a device write has to fail
  * with EPERM exactly as for the same pages in system memory.
  */
-TEST_F(dmirror, migrate_read_only_pages)
+TEST_F(hmm, migrate_read_only_pages)
 {
 	const unsigned long npages = 8;
 	size_t psz = self->psz, len = npages * psz;
@@ -475,7 +475,7 @@ static void *uffd_count_missing(void *arg)
  * still sees the zero page and reading it from the CPU raises no MISSING
  * event for an address userspace already filled.
  */
-TEST_F(dmirror, migrate_uffd_zero_pages_stay)
+TEST_F(hmm, migrate_uffd_zero_pages_stay)
 {
 	const unsigned long npages = 64;
 	size_t psz = self->psz, len = npages * psz;
@@ -538,7 +538,7 @@ TEST_F(dmirror, migrate_uffd_zero_pages_stay)
  * MIGRATE_TO_SYS brings every page back with its data. (shmem_anon_shared
  * covers the move and fork; this case covers the way back.)
  */
-TEST_F(dmirror, migrate_shared_anon)
+TEST_F(hmm, migrate_shared)
 {
 	const unsigned long npages = 16;
 	size_t len = npages * self->psz;
@@ -576,7 +576,7 @@ TEST_F(dmirror, migrate_shared_anon)
  * A THP region migrates whole (the kernel splits it on the way) and the
  * device can update it in device memory.
  */
-TEST_F(dmirror, thp_migrate_round_trip)
+TEST_F(hmm, thp_migrate_round_trip)
 {
 	size_t len = 2 * read_pmd_pagesize();
 	unsigned long npages = len / self->psz;
@@ -617,7 +617,7 @@ TEST_F(dmirror, thp_migrate_round_trip)
  * be evicted to system memory with their data, and the device must be
  * able to take pages again afterwards.
  */
-TEST_F(dmirror, release_device_memory)
+TEST_F(hmm, migrate_release)
 {
 	const unsigned long npages = 64;
 	size_t psz = self->psz, len = npages * psz;
@@ -659,32 +659,32 @@ TEST_F(dmirror, release_device_memory)
  * memory and many batches of the driver's fixed-size loops.
  */
 
-FIXTURE(dmirror_big) {
+FIXTURE(hmm_big) {
 	int fd;
 	size_t psz;
 };
 
-FIXTURE_VARIANT(dmirror_big) {
+FIXTURE_VARIANT(hmm_big) {
 	int unit;
 	bool coherent;
 	size_t len;	/* buffer size aimed for */
 };
 
 /* Needs several chunks of device memory at once. */
-FIXTURE_VARIANT_ADD(dmirror_big, private_mem) {
+FIXTURE_VARIANT_ADD(hmm_big, hmm_device_private) {
 	.unit = 0,
 	.coherent = false,
 	.len = SZ_1G,
 };
 
 /* test_hmm gives each coherent device 256 MiB; stay well inside it. */
-FIXTURE_VARIANT_ADD(dmirror_big, coherent_mem) {
+FIXTURE_VARIANT_ADD(hmm_big, hmm_device_coherent) {
 	.unit = 2,
 	.coherent = true,
 	.len = 192 * SZ_1M,
 };
 
-FIXTURE_SETUP(dmirror_big)
+FIXTURE_SETUP(hmm_big)
 {
 	self->psz = sysconf(_SC_PAGESIZE);
 	self->fd = dmirror_open(variant->unit);
@@ -693,7 +693,7 @@ FIXTURE_SETUP(dmirror_big)
 	ASSERT_LE(0, self->fd);
 }
 
-FIXTURE_TEARDOWN(dmirror_big)
+FIXTURE_TEARDOWN(hmm_big)
 {
 	close(self->fd);
 }
@@ -711,7 +711,7 @@ FIXTURE_TEARDOWN(dmirror_big)
  * which under TCG on a busy host can run several times faster than the
  * wall clock; the harness's own QEMU timeout catches a real hang.
  */
-TEST_F_TIMEOUT(dmirror_big, whole_buffer_migration, 900)
+TEST_F_TIMEOUT(hmm_big, whole_buffer_migration, 900)
 {
 	long avail_kb = meminfo_kb("MemAvailable");
 	size_t len = variant->len, off, win_pages;
@@ -774,7 +774,7 @@ TEST_F_TIMEOUT(dmirror_big, whole_buffer_migration, 900)
  * themselves: the device loses write access and keeps reading the data,
  * and after the range is writable again a CPU store reaches the device.
  */
-TEST_F(dmirror, device_pages_mprotect)
+TEST_F(hmm, device_pages_mprotect)
 {
 	const unsigned long npages = 16;
 	size_t len = npages * self->psz;
@@ -817,7 +817,7 @@ TEST_F(dmirror, device_pages_mprotect)
  * the pages stay in device memory at the new address, nothing remains
  * at the old one, and the data comes home intact from the new address.
  */
-TEST_F(dmirror, device_pages_mremap)
+TEST_F(hmm, device_pages_mremap)
 {
 	const unsigned long npages = 16;
 	size_t len = npages * self->psz;
@@ -884,7 +884,7 @@ static int pin_read(int gup, void *buf)
  * two. Exactly the pinned pages stay in system memory, a CPU store to
  * them is still what the pin sees, and once unpinned they move too.
  */
-TEST_F(dmirror, migrate_skips_pinned_pages)
+TEST_F(hmm, migrate_skips_pinned_pages)
 {
 	const unsigned long npages = 16, first = 4, npinned = 4;
 	size_t psz = self->psz, len = npages * psz;
@@ -944,7 +944,7 @@ TEST_F(dmirror, migrate_skips_pinned_pages)
  * back to system memory and device-coherent pages are migrated out
  * before the pin is taken. The pin sees the data, and later CPU stores.
  */
-TEST_F(dmirror, longterm_pin_leaves_device_memory)
+TEST_F(hmm, hmm_gup_test)
 {
 	const unsigned long npages = 8;
 	size_t len = npages * self->psz;
@@ -987,7 +987,7 @@ TEST_F(dmirror, longterm_pin_leaves_device_memory)
  * device memory like any other page: migration gives up the swap slot
  * first. Their data reaches the device and comes back to the CPU.
  */
-TEST_F_TIMEOUT(dmirror, migrate_swap_cache_pages, 300)
+TEST_F_TIMEOUT(hmm, migrate_swap_cache_pages, 300)
 {
 	const unsigned long npages = 256;
 	size_t len = npages * self->psz;
@@ -1122,7 +1122,7 @@ static void expect_swapped_read(struct __test_metadata *_metadata, int fd,
 }
 
 /* Anonymous pages in swap: the device read brings them back intact. */
-TEST_F_TIMEOUT(dmirror, swapped_out_anon_read, 120)
+TEST_F_TIMEOUT(hmm, swapped_out_anon_read, 120)
 {
 	const unsigned long npages = 64;
 	size_t len = npages * self->psz;
@@ -1140,7 +1140,7 @@ TEST_F_TIMEOUT(dmirror, swapped_out_anon_read, 120)
 }
 
 /* Shmem pages in swap: the device read brings them back intact. */
-TEST_F_TIMEOUT(dmirror, swapped_out_shmem_read, 120)
+TEST_F_TIMEOUT(hmm, swapped_out_shmem_read, 120)
 {
 	const unsigned long npages = 64;
 	size_t len = npages * self->psz;
@@ -1174,7 +1174,7 @@ static long ksm_merged_count(void)
  * are, and a device write to A breaks the sharing: A gets the device's
  * data, B keeps its own. A, no longer merged, then migrates as usual.
  */
-TEST_F_TIMEOUT(dmirror, ksm_merged_pages, 120)
+TEST_F_TIMEOUT(hmm, ksm_merged_pages, 120)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz;
@@ -1279,7 +1279,7 @@ TEST_F_TIMEOUT(dmirror, ksm_merged_pages, 120)
  * migrate with their data. The page stays poisoned for the rest of the
  * boot: one page of RAM.
  */
-TEST_F(dmirror, hwpoison_page_is_error)
+TEST_F(hmm, hwpoison_page_is_error)
 {
 	const unsigned long npages = 8, bad = 3;
 	size_t psz = self->psz, len = npages * psz;

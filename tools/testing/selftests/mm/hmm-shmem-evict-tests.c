@@ -56,7 +56,7 @@
  * walks the page cache of every shmem file, copes with the device entries
  * it finds there and leaves them on the device.
  */
-TEST_F_TIMEOUT(dmirror, shmem_swap_while_on_device, 600)
+TEST_F_TIMEOUT(hmm, shmem_swap_while_on_device, 600)
 {
 	size_t len = SHM_SWAP_FILE, alen = SHM_SWAP_DEV;
 	unsigned long apages = alen / self->psz;
@@ -170,7 +170,7 @@ static int shm_exit_child(void *arg)
  * space goes first, then its device file, whose pages come back to the
  * file with the data the device wrote, for the processes still using it.
  */
-TEST_F(dmirror, shmem_owner_exits)
+TEST_F(hmm, shmem_owner_exits)
 {
 	const unsigned long npages = 32;
 	struct shm_exit_job job = {
@@ -327,7 +327,7 @@ static void *shm_race_migrator(void *arg)
  * written last, whichever way it is read, and no device page may be left
  * behind by a punched-out page.
  */
-TEST_F_TIMEOUT(dmirror, shmem_race_cpu_and_migration, 300)
+TEST_F_TIMEOUT(hmm, shmem_race_cpu_and_migration, 300)
 {
 	unsigned long npages = 2 * SHM_RACE_PAGES, p;
 	size_t psz = self->psz, len = npages * psz, half = len / 2;
@@ -394,7 +394,7 @@ TEST_F_TIMEOUT(dmirror, shmem_race_cpu_and_migration, 300)
  * a device reading pages that sit in another device's private memory
  * gets them back to system memory with their data.
  */
-TEST_F(dmirror, shmem_migrate_between_devices)
+TEST_F(hmm, shmem_migrate_between_devices)
 {
 	const unsigned long npages = 16;
 	size_t len = npages * self->psz;
@@ -458,7 +458,7 @@ TEST_F(dmirror, shmem_migrate_between_devices)
  * got no device page stay in the page cache with their data, and those
  * that did are on the device.
  */
-TEST_F(dmirror, shmem_device_memory_runs_out)
+TEST_F(hmm, shmem_device_memory_runs_out)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz;
@@ -503,7 +503,7 @@ TEST_F(dmirror, shmem_device_memory_runs_out)
  * read-only must still take write access away from the device: a device
  * write is refused with EPERM and the file keeps its data.
  */
-TEST_F(dmirror, shmem_mprotect_unpopulated)
+TEST_F(hmm, shmem_mprotect_unpopulated)
 {
 	const unsigned long npages = 16;
 	size_t len = npages * self->psz;
@@ -618,7 +618,7 @@ static void *shm_release_race_cpu(void *arg)
  * cope with device pages that are on their way back or just left the
  * page cache, and the file must lose nothing.
  */
-TEST_F_TIMEOUT(dmirror, shmem_release_races_cpu, 120)
+TEST_F_TIMEOUT(hmm, shmem_release_races_cpu, 120)
 {
 	const unsigned long npages = 64;
 	size_t len = npages * self->psz, half = len / 2;
@@ -749,7 +749,7 @@ static void *shm_close_race_files(void *arg)
  * the freed file (KASAN on the debug kernel) nor lose the data of files
  * that live on.
  */
-TEST_F_TIMEOUT(dmirror, shmem_release_races_close, 120)
+TEST_F_TIMEOUT(hmm, shmem_release_races_close, 120)
 {
 	struct shm_close_race r[2];
 	struct hmm_dmirror_cmd cmd;

@@ -47,7 +47,7 @@
  * memfd (shmem) buffer mapped twice: the grant removes both CPU
  * mappings, an access through either revokes it, data is shared.
  */
-TEST_F(dmirror, exclusive_shmem)
+TEST_F(hmm, exclusive_shmem)
 {
 	const unsigned long npages = 16;
 	size_t psz = self->psz, len = npages * psz;
@@ -124,7 +124,7 @@ static void *uffd_fork_reader(void *arg)
  * mapping afterwards has to end it, as without the fork, and the device,
  * the CPU and the file must see the same bytes after.
  */
-TEST_F(dmirror, exclusive_shmem_uffd_fork)
+TEST_F(hmm, exclusive_shmem_uffd_fork)
 {
 	const unsigned long npages = 4;
 	size_t psz = self->psz, len = npages * psz;
@@ -209,7 +209,7 @@ TEST_F(dmirror, exclusive_shmem_uffd_fork)
  * A huge shmem folio is split like an anonymous THP.  shmem THP is made
  * available for the fill only ("advise" + MADV_HUGEPAGE), then put back.
  */
-TEST_F(dmirror, exclusive_shmem_thp)
+TEST_F(hmm, exclusive_shmem_thp)
 {
 	size_t psz = self->psz, len = read_pmd_pagesize();
 	unsigned long npages = len / psz;
@@ -280,7 +280,7 @@ TEST_F(dmirror, exclusive_shmem_thp)
  * read() touches come back from device-private memory, the rest
  * MIGRATE_TO_SYS brings back; device-coherent pages are used in place.
  */
-TEST_F(dmirror, shmem_migrate_round_trip)
+TEST_F(hmm, shmem_migrate_round_trip)
 {
 	const unsigned long npages = 64;
 	size_t len = npages * self->psz, half = len / 2;
@@ -340,7 +340,7 @@ TEST_F(dmirror, shmem_migrate_round_trip)
  * Pages written with write() and never mapped are found through the page
  * cache and migrate; a hole of the file has no page and stays a hole.
  */
-TEST_F(dmirror, shmem_write_only_pages)
+TEST_F(hmm, shmem_write_only_pages)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz, half = len / 2;
@@ -454,7 +454,7 @@ static int shm_peer_run(struct shm_peer *peer)
  * and what the device then reads is the child's data; what the device
  * writes the child reads.
  */
-TEST_F(dmirror, shmem_two_processes)
+TEST_F(hmm, shmem_two_processes)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz, half = len / 2;
@@ -540,7 +540,7 @@ TEST_F(dmirror, shmem_two_processes)
  * the new bytes where they were written and its own data around them,
  * down to a few bytes written into the middle of a page.
  */
-TEST_F(dmirror, shmem_fd_write_while_on_device)
+TEST_F(hmm, shmem_fd_write_while_on_device)
 {
 	const unsigned long npages = 32;
 	size_t psz = self->psz, len = npages * psz;
@@ -600,7 +600,7 @@ TEST_F(dmirror, shmem_fd_write_while_on_device)
  * new end of file the mapping gives SIGBUS and the device gets an error;
  * extending the file again reads zeros there, and the part kept is intact.
  */
-TEST_F(dmirror, shmem_truncate_on_device)
+TEST_F(hmm, shmem_truncate_on_device)
 {
 	const unsigned long npages = 32;
 	size_t psz = self->psz, len = npages * psz, half = len / 2;
@@ -650,7 +650,7 @@ TEST_F(dmirror, shmem_truncate_on_device)
  * the device, the mapping and read(), and the pages around it keep their
  * data on the device.
  */
-TEST_F(dmirror, shmem_punch_hole_on_device)
+TEST_F(hmm, shmem_punch_hole_on_device)
 {
 	const unsigned long npages = 32;
 	size_t psz = self->psz, len = npages * psz;
@@ -726,7 +726,7 @@ static int shm_fork_child(void *arg)
  * memory: the child reads them and its writes reach the parent's device
  * and the parent's mapping.
  */
-TEST_F(dmirror, shmem_fork_shared_on_device)
+TEST_F(hmm, shmem_fork_shared_on_device)
 {
 	const unsigned long npages = 32;
 	size_t psz = self->psz, len = npages * psz, half = len / 2;
@@ -770,7 +770,7 @@ TEST_F(dmirror, shmem_fork_shared_on_device)
  * A device write then copies them on write into the mapping, which shows
  * the device's data, while the file keeps its own.
  */
-TEST_F(dmirror, shmem_private_mapping)
+TEST_F(hmm, shmem_private_mapping)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz;
@@ -817,7 +817,7 @@ TEST_F(dmirror, shmem_private_mapping)
  * which is then unmapped. The pages stay on the device (they belong to the
  * file, not to the mapping) and the second mapping reads them all.
  */
-TEST_F(dmirror, shmem_munmap_one_mapping)
+TEST_F(hmm, shmem_munmap_one_mapping)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz;
@@ -867,7 +867,7 @@ TEST_F(dmirror, shmem_munmap_one_mapping)
  * on arrival. All of it comes back through read() and is checked; then it
  * moves again and comes back through CPU faults on the mapping.
  */
-TEST_F_TIMEOUT(dmirror, shmem_large_file, 900)
+TEST_F_TIMEOUT(hmm, shmem_large_file, 900)
 {
 	size_t len = (variant->coherent ? 192 : 256) * SZ_1M;
 	unsigned long npages = len / self->psz;
@@ -991,7 +991,7 @@ static void shm_expect_refused(struct __test_metadata *_metadata, int dev,
  * node itself, a ramfs file, a hugetlbfs file) with EOPNOTSUPP, and
  * migrate_vma_setup() a private hugetlbfs mapping with EINVAL.
  */
-TEST_F(dmirror, shmem_not_shmem_refused)
+TEST_F(hmm, shmem_not_shmem_refused)
 {
 	size_t len = 8 * self->psz;
 	char dir[] = "/tmp/hmm-tests-ramfs-XXXXXX";
@@ -1042,7 +1042,7 @@ TEST_F(dmirror, shmem_not_shmem_refused)
  * pages to system memory: nothing of it is left in device memory and the
  * data is intact for the mapping, read() and another mirror.
  */
-TEST_F(dmirror, shmem_close_device_fd)
+TEST_F(hmm, shmem_close_device_fd)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz;
@@ -1124,7 +1124,7 @@ static void shm_expect_migrates(struct __test_metadata *_metadata,
  * memfd, and a process that shares it through fork() reads the device's
  * data and writes its own, which the device then reads.
  */
-TEST_F(dmirror, shmem_anon_shared)
+TEST_F(hmm, shmem_anon_shared)
 {
 	const unsigned long npages = 16;
 	size_t len = npages * self->psz;
@@ -1156,7 +1156,7 @@ TEST_F(dmirror, shmem_anon_shared)
 }
 
 /* SysV shared memory is shmem too, where the kernel has it. */
-TEST_F(dmirror, shmem_sysv_segment)
+TEST_F(hmm, shmem_sysv_segment)
 {
 	size_t len = 16 * self->psz;
 	char *va;
@@ -1184,7 +1184,7 @@ TEST_F(dmirror, shmem_sysv_segment)
  * stored, never a stale copy: every move of a page must reach the
  * mirrors of every mapping of the file.
  */
-TEST_F(dmirror, shmem_mirrors_follow_the_file)
+TEST_F(hmm, shmem_mirrors_follow_the_file)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz, q = len / 4;
@@ -1272,7 +1272,7 @@ TEST_F(dmirror, shmem_mirrors_follow_the_file)
  * file): the request cannot hand back device data for it, nothing is
  * allocated on the device, and the folio stays whole with its data.
  */
-TEST_F(dmirror, shmem_huge_folio_stays)
+TEST_F(hmm, shmem_huge_folio_stays)
 {
 	size_t len = read_pmd_pagesize();
 	unsigned long npages = len / self->psz;
@@ -1334,7 +1334,7 @@ TEST_F(dmirror, shmem_huge_folio_stays)
  * it in place). A memory cgroup then pushes the file out to swap, and
  * read() must find the device's data in every segment.
  */
-TEST_F_TIMEOUT(dmirror, shmem_dirty_after_device_write, 600)
+TEST_F_TIMEOUT(hmm, shmem_dirty_after_device_write, 600)
 {
 	static const char * const how[] = {
 		"written in system memory", "back by CPU fault",
@@ -1424,7 +1424,7 @@ TEST_F_TIMEOUT(dmirror, shmem_dirty_after_device_write, 600)
  * splice() out of the file and into it, sendfile() out of it, while the
  * pages are in device memory, and fallocate() over them.
  */
-TEST_F(dmirror, shmem_splice_on_device)
+TEST_F(hmm, shmem_splice_on_device)
 {
 	const unsigned long npages = 16;
 	size_t psz = self->psz, len = npages * psz;
@@ -1492,7 +1492,7 @@ TEST_F(dmirror, shmem_splice_on_device)
  * is sealed against writes, the device can map it only read-only, a
  * device write is refused like write(), and the data stays as it was.
  */
-TEST_F(dmirror, shmem_sealed_memfd)
+TEST_F(hmm, shmem_sealed_memfd)
 {
 	const unsigned long npages = 16;
 	size_t len = npages * self->psz;
@@ -1552,7 +1552,7 @@ TEST_F(dmirror, shmem_sealed_memfd)
  * memory, Swap is back to 0. Device-coherent pages stay in the page
  * cache where the CPU maps them: no Swap there.
  */
-TEST_F(dmirror, shmem_device_pages_smaps)
+TEST_F(hmm, shmem_device_pages_smaps)
 {
 	const unsigned long npages = SHM_ACCT_PAGES;
 	size_t len = npages * self->psz;

@@ -66,7 +66,7 @@
  * device page table (the first read has to fault) and data written through
  * a closed mirror stays in process memory.
  */
-TEST_F(dmirror, open_release_cycle)
+TEST_F(hmm, open_close)
 {
 	const unsigned long npages = 4;
 	size_t len = npages * self->psz;
@@ -100,7 +100,7 @@ TEST_F(dmirror, open_release_cycle)
 	}
 }
 
-TEST_F(dmirror, malformed_requests)
+TEST_F(hmm, malformed_requests)
 {
 	const unsigned long npages = 2;
 	size_t len = npages * self->psz;
@@ -165,7 +165,7 @@ TEST_F(dmirror, malformed_requests)
  * a CPU store into an already-writable page is seen without one (same
  * physical page), and dropping pages invalidates exactly what was dropped.
  */
-TEST_F(dmirror, device_reads_cpu_data)
+TEST_F(hmm, anon_read)
 {
 	const unsigned long npages = 64;
 	size_t len = npages * self->psz;
@@ -211,7 +211,7 @@ TEST_F(dmirror, device_reads_cpu_data)
  * Reading never-touched memory maps the shared zero page for the device;
  * the first CPU store replaces it and the device must follow.
  */
-TEST_F(dmirror, device_reads_untouched_as_zero)
+TEST_F(hmm, device_reads_untouched_as_zero)
 {
 	const unsigned long npages = 16;
 	size_t len = npages * self->psz;
@@ -246,7 +246,7 @@ TEST_F(dmirror, device_reads_untouched_as_zero)
 }
 
 /* Without PROT_READ the device may not read: EFAULT, nothing copied. */
-TEST_F(dmirror, device_read_needs_prot_read)
+TEST_F(hmm, anon_read_prot)
 {
 	const unsigned long npages = 8;
 	size_t len = npages * self->psz;
@@ -279,7 +279,7 @@ TEST_F(dmirror, device_read_needs_prot_read)
 }
 
 /* Device stores land in process memory; a repeat needs no fault. */
-TEST_F(dmirror, device_writes_reach_cpu)
+TEST_F(hmm, anon_write)
 {
 	const unsigned long npages = 64;
 	size_t len = npages * self->psz;
@@ -316,7 +316,7 @@ TEST_F(dmirror, device_writes_reach_cpu)
  * Without PROT_WRITE the device may not write: EPERM and memory intact,
  * also when the device already has the pages mapped for reading.
  */
-TEST_F(dmirror, device_write_needs_prot_write)
+TEST_F(hmm, anon_write_prot)
 {
 	const unsigned long npages = 8;
 	size_t len = npages * self->psz;
@@ -351,7 +351,7 @@ TEST_F(dmirror, device_write_needs_prot_write)
  * read maps a page with the access the CPU has to it, so after the first
  * write made the pages writable neither device needs another fault.
  */
-TEST_F(dmirror, two_mirrors_share_pages)
+TEST_F(hmm, double_map)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz;
@@ -429,7 +429,7 @@ static int fork_job_child(void *arg)
 	return 0;
 }
 
-TEST_F(dmirror, fork_private_stays_private)
+TEST_F(hmm, anon_write_child)
 {
 	struct fork_job job = {
 		.unit = variant->unit, .npages = 128,
@@ -459,7 +459,7 @@ TEST_F(dmirror, fork_private_stays_private)
 	ASSERT_EQ(-1, pat_find_bad(dbuf, job.len, 21, 0));
 }
 
-TEST_F(dmirror, fork_shared_stays_shared)
+TEST_F(hmm, anon_write_child_shared)
 {
 	struct fork_job job = {
 		.unit = variant->unit, .npages = 128,
@@ -490,7 +490,7 @@ TEST_F(dmirror, fork_shared_stays_shared)
  * Huge pages: THP and hugetlbfs, compound mappings seen as PMD/PUD.
  */
 
-TEST_F(dmirror, thp_read_write)
+TEST_F(hmm, anon_write_huge)
 {
 	size_t len = 2 * read_pmd_pagesize();
 	unsigned long npages = len / self->psz;
@@ -538,7 +538,7 @@ TEST_F(dmirror, thp_read_write)
  * Protection changes on a THP: a whole-PMD mprotect keeps the huge
  * mapping, a partial one splits it; data and permissions follow both.
  */
-TEST_F(dmirror, thp_protection_and_split)
+TEST_F(hmm, thp_protection_and_split)
 {
 	size_t len = read_pmd_pagesize();
 	size_t half = len / 2;
@@ -591,7 +591,7 @@ TEST_F(dmirror, thp_protection_and_split)
 	ASSERT_EQ(-1, pat_find_bad(dbuf + half, half, 34, half));
 }
 
-TEST_F(dmirror, hugetlb_read_write)
+TEST_F(hmm, anon_write_hugetlbfs)
 {
 	long hsz_kb = meminfo_kb("Hugepagesize");
 	size_t hsz, len;
@@ -656,7 +656,7 @@ TEST_F(dmirror, hugetlb_read_write)
  * A PUD-sized page is reported as such. Needs a 1 GiB hugetlb page; one is
  * borrowed for the test when the pool can grow at run time.
  */
-TEST_F_TIMEOUT(dmirror, hugetlb_pud_snapshot, 180)
+TEST_F_TIMEOUT(hmm, hugetlb_pud_snapshot, 180)
 {
 	unsigned long npages = SZ_1G / self->psz;
 	long nr = access(GIGANTIC_NR, F_OK) ? -1 : (long)read_num(GIGANTIC_NR);
@@ -748,7 +748,7 @@ static void shared_file_roundtrip(struct __test_metadata *_metadata,
 	free(dbuf);
 }
 
-TEST_F(dmirror, memfd_shared_read_write)
+TEST_F(hmm, memfd_shared_read_write)
 {
 	size_t len = 64 * self->psz;
 	void *src;
@@ -766,7 +766,7 @@ TEST_F(dmirror, memfd_shared_read_write)
 	close(fd);
 }
 
-TEST_F(dmirror, tmpfs_file_read_write)
+TEST_F(hmm, tmpfs_file_read_write)
 {
 	size_t len = 64 * self->psz;
 	int fd;
@@ -781,7 +781,7 @@ TEST_F(dmirror, tmpfs_file_read_write)
  * Private file mapping: device stores copy-on-write into anonymous pages,
  * which (unlike page cache pages) can then migrate; the file is untouched.
  */
-TEST_F(dmirror, file_private_cow)
+TEST_F(hmm, file_private_cow)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz;
@@ -826,7 +826,7 @@ TEST_F(dmirror, file_private_cow)
  * anonymous one and a shared memfd. Reads cross the boundaries; a write
  * that covers the read-only part is refused before anything is written.
  */
-TEST_F(dmirror, mixed_vmas)
+TEST_F(hmm, mixed_vmas)
 {
 	const unsigned long part = 8;
 	size_t plen = part * self->psz;
@@ -889,7 +889,7 @@ TEST_F(dmirror, mixed_vmas)
  * pages (a VM_MIXEDMAP mapping) which the device then mirrors like any
  * other page.
  */
-TEST_F(dmirror, device_node_mapping)
+TEST_F(hmm, mixedmap)
 {
 	const unsigned long npages = 8;
 	size_t len = npages * self->psz;
@@ -939,7 +939,7 @@ TEST_F(dmirror, device_node_mapping)
  * EXCLUSIVE hands the device the current data; the grant holds until the
  * CPU touches a page, which revokes it for that page only.
  */
-TEST_F(dmirror, exclusive_grant_and_revoke)
+TEST_F(hmm, exclusive)
 {
 	const unsigned long npages = 16;
 	size_t psz = self->psz, len = npages * psz;
@@ -983,7 +983,7 @@ TEST_F(dmirror, exclusive_grant_and_revoke)
 }
 
 /* mprotect() revokes the grant and the device loses write access. */
-TEST_F(dmirror, exclusive_revoked_by_mprotect)
+TEST_F(hmm, exclusive_mprotect)
 {
 	const unsigned long npages = 16;
 	size_t len = npages * self->psz;
@@ -1052,7 +1052,7 @@ static int cow_job_child(void *arg)
 }
 
 /* fork() of an exclusive range: both processes get their own copy. */
-TEST_F(dmirror, exclusive_then_fork)
+TEST_F(hmm, exclusive_cow)
 {
 	const unsigned long npages = 16;
 	size_t len = npages * self->psz;
@@ -1093,7 +1093,7 @@ TEST_F(dmirror, exclusive_then_fork)
  * on how the CPU happens to map the memory, so this has to succeed like
  * for base pages.
  */
-TEST_F(dmirror, exclusive_thp)
+TEST_F(hmm, exclusive_thp)
 {
 	size_t len = read_pmd_pagesize();
 	unsigned long npages = len / self->psz;
@@ -1128,7 +1128,7 @@ TEST_F(dmirror, exclusive_thp)
  * Migrated pages are shared copy-on-write with a child like any other
  * anonymous page: the child sees the data and its stores stay its own.
  */
-TEST_F(dmirror, fork_cow_device_pages)
+TEST_F(hmm, hmm_cow_in_device)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz;
@@ -1225,7 +1225,7 @@ static int cow_live_child(void *arg)
 	return 0;
 }
 
-TEST_F(dmirror, fork_device_write_parent)
+TEST_F(hmm, fork_device_write_parent)
 {
 	struct cow_live_job job = {
 		.unit = variant->unit, .npages = 16,
@@ -1293,7 +1293,7 @@ enum {
 	SNAP_NPAGES
 };
 
-TEST_F(dmirror, snapshot_page_states)
+TEST_F(hmm, snapshot)
 {
 	size_t psz = self->psz;
 	unsigned char want[SNAP_NPAGES], peer_want[SNAP_NPAGES];
@@ -1372,7 +1372,7 @@ TEST_F(dmirror, snapshot_page_states)
  * device must lose access, and new memory mapped at the same address must
  * be what it sees next, never the freed pages.
  */
-TEST_F(dmirror, munmap_drops_mirror)
+TEST_F(hmm, munmap_drops_mirror)
 {
 	const unsigned long npages = 32;
 	size_t len = npages * self->psz;
@@ -1435,7 +1435,7 @@ static void *unmap_race_thread(void *arg)
 	return NULL;
 }
 
-/* Rounds of munmap_races_device, and how many must overlap a read. */
+/* Rounds of anon_teardown, and how many must overlap a read. */
 #define UNMAP_RACE_MIN_OVERLAPS	8
 #define UNMAP_RACE_MAX_ROUNDS	64
 
@@ -1447,7 +1447,7 @@ static void *unmap_race_thread(void *arg)
  * reads did, so that it cannot pass with munmap() always winning or
  * always losing.
  */
-TEST_F(dmirror, munmap_races_device)
+TEST_F(hmm, anon_teardown)
 {
 	const unsigned long npages = 64;
 	size_t len = npages * self->psz;
@@ -1509,7 +1509,7 @@ TEST_F(dmirror, munmap_races_device)
  * Closing a mirror while its device holds pages gives the memory back:
  * the pages return to system memory with their data.
  */
-TEST_F(dmirror, close_with_device_pages)
+TEST_F(hmm, close_with_device_pages)
 {
 	const unsigned long npages = 64;
 	size_t len = npages * self->psz;
@@ -1573,7 +1573,7 @@ static int exit_job_child(void *arg)
  * pages are freed with the process (devmem_used is back where it was)
  * and its memory is reusable afterwards.
  */
-TEST_F(dmirror, exit_with_device_pages)
+TEST_F(hmm, exit_with_device_pages)
 {
 	struct exit_job job = {
 		.unit = variant->unit, .npages = 512, .psz = self->psz,
@@ -1616,7 +1616,7 @@ TEST_F(dmirror, exit_with_device_pages)
  * own smaps entry), with "madvise" it is not; EXCLUSIVE must work the same,
  * page by page, either way.
  */
-TEST_F(dmirror, exclusive_thp_unadvised)
+TEST_F(hmm, exclusive_thp_unadvised)
 {
 	size_t psz = self->psz, pmd = read_pmd_pagesize(), len = 2 * pmd;
 	unsigned long npages = len / psz;
@@ -1651,7 +1651,7 @@ TEST_F(dmirror, exclusive_thp_unadvised)
 }
 
 /* fork() of a THP-backed exclusive range: each side keeps its own data. */
-TEST_F(dmirror, exclusive_thp_fork)
+TEST_F(hmm, exclusive_thp_fork)
 {
 	size_t len = read_pmd_pagesize();
 	unsigned long npages = len / self->psz;
@@ -1680,7 +1680,7 @@ TEST_F(dmirror, exclusive_thp_fork)
 }
 
 /* mprotect() and munmap() of a THP-backed exclusive range. */
-TEST_F(dmirror, exclusive_thp_mprotect_munmap)
+TEST_F(hmm, exclusive_thp_mprotect_munmap)
 {
 	size_t psz = self->psz, len = read_pmd_pagesize();
 	unsigned long npages = len / psz;
@@ -1732,7 +1732,7 @@ TEST_F(dmirror, exclusive_thp_mprotect_munmap)
  * Two devices asking for the same pages: the later grant wins and
  * revokes the earlier one, and both see the same data.
  */
-TEST_F(dmirror, exclusive_two_devices)
+TEST_F(hmm, exclusive_two_devices)
 {
 	size_t psz = self->psz, len = read_pmd_pagesize();
 	unsigned long npages = len / psz;
