@@ -42,7 +42,7 @@ cc_prog hmm-demo "$HARNESS/demo/hmm-demo.c" -Werror
 # against our uapi header: existing userspace must keep working.
 git -C "$LINUX" show base:tools/testing/selftests/mm/hmm-tests.c >"$OUT/hmm-tests-6.12.c"
 cc_prog hmm-tests-6.12 "$OUT/hmm-tests-6.12.c" -I"$LINUX/tools/testing/selftests/mm"
-cc_prog hmm-stress "$LINUX/tools/testing/selftests/mm/hmm-stress.c" -Werror
-cc_prog hmm-fuzz "$LINUX/tools/testing/selftests/mm/hmm-fuzz.c" -Werror
+cc_prog hmm-stress "$MM/hmm-stress.c $HMM_LIBS" -Werror
+cc_prog hmm-fuzz "$MM/hmm-fuzz.c $HMM_LIBS" -Werror
 (cd "$ROOT" && find . | cpio -o -H newc --quiet | gzip -1) >"$OUT/initrd.gz"
 info "$(du -h "$OUT/initrd.gz" | cut -f1) initramfs: $(ls "$ROOT/opt/hmm" | xargs)"
