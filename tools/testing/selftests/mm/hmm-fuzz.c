@@ -56,7 +56,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
-#include "kselftest.h"
+#include "../kselftest.h"
 #include "hmm-common.h"
 
 #define PAGE		4096UL

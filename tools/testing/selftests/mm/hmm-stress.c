@@ -69,7 +69,7 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 
-#include "kselftest.h"
+#include "../kselftest.h"
 #include "hmm-common.h"
 
 #define PAGE		((unsigned long)psize())
