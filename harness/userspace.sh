@@ -9,16 +9,36 @@ ROOT=$OUT/initramfs
 # The normal kernel's headers serve both kernels: they share one tree.
 CFLAGS="-static -O2 -g -Wall -pthread -D_GNU_SOURCE -I$LINUX -I$LINUX/tools/testing/selftests -isystem $OUT/build/usr/include"
 
-# cc_prog NAME "SOURCE..." [FLAGS]: compile one guest program.
+# cc_prog NAME SOURCE [FLAGS]: compile one guest program.
 cc_prog() {
-	local name=$1 srcs=$2 flags=${3:-} src
+	local name=$1 src=$2 flags=${3:-}
 
-	for src in $srcs; do
-		[ -f "$src" ] || die "guest program source missing: $src"
-	done
+	[ -f "$src" ] || die "guest program source missing: $src"
 	# shellcheck disable=SC2086
 	run_logged "$LOGS/cc-$name.log" "compiling $name" \
-		gcc $CFLAGS $flags -o "$ROOT/opt/hmm/$name" $srcs -lm
+		gcc $CFLAGS $flags -o "$ROOT/opt/hmm/$name" "$src" -lm
+}
+
+# The HMM programs of selftests/mm (hmm-common.c linked in by its
+# Makefile), built by that Makefile, static and with warnings fatal.
+HMM_PROGS="hmm-tests hmm-migrate-tests hmm-devlock-tests hmm-dma-tests"
+HMM_PROGS+=" hmm-shmem-tests hmm-shmem-evict-tests hmm-stress hmm-fuzz"
+
+mm_progs() {
+	local out=$OUT/selftests-mm p
+
+	rm -rf "$out"
+	mkdir -p "$out"
+	# shellcheck disable=SC2046
+	run_logged "$LOGS/cc-selftests-mm.log" \
+		"compiling the HMM programs (make -C tools/testing/selftests/mm)" \
+		make -C "$LINUX/tools/testing/selftests/mm" OUTPUT="$out" \
+		KHDR_INCLUDES="-isystem $OUT/build/usr/include" \
+		LDFLAGS=-static EXTRA_CFLAGS=-Werror \
+		$(printf "$out/%s " $HMM_PROGS)
+	for p in $HMM_PROGS; do
+		cp "$out/$p" "$ROOT/opt/hmm/$p"
+	done
 }
 
 step "building guest programs and the initramfs"
@@ -30,19 +50,11 @@ file -b /bin/busybox 2>/dev/null | grep -q static ||
 	ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' ||
 	die "/bin/busybox is not static: install busybox-static"
 cp "$HARNESS/guest/init" "$ROOT/init"
-MM=$LINUX/tools/testing/selftests/mm
-# hmm-common.c is ours (-Werror); vm_util.c and thp_settings.c upstream's.
-HMM_LIBS="$MM/hmm-common.c $MM/vm_util.c $MM/thp_settings.c"
-for t in hmm-tests hmm-migrate-tests hmm-devlock-tests hmm-dma-tests \
-	hmm-shmem-tests hmm-shmem-evict-tests; do
-	cc_prog $t "$MM/$t.c $HMM_LIBS" -Werror
-done
+mm_progs
 cc_prog hmm-demo "$HARNESS/demo/hmm-demo.c" -Werror
 # Upstream 6.12's own selftest, from the pristine base commit, built
 # against our uapi header: existing userspace must keep working.
 git -C "$LINUX" show base:tools/testing/selftests/mm/hmm-tests.c >"$OUT/hmm-tests-6.12.c"
 cc_prog hmm-tests-6.12 "$OUT/hmm-tests-6.12.c" -I"$LINUX/tools/testing/selftests/mm"
-cc_prog hmm-stress "$MM/hmm-stress.c $HMM_LIBS" -Werror
-cc_prog hmm-fuzz "$MM/hmm-fuzz.c $HMM_LIBS" -Werror
 (cd "$ROOT" && find . | cpio -o -H newc --quiet | gzip -1) >"$OUT/initrd.gz"
 info "$(du -h "$OUT/initrd.gz" | cut -f1) initramfs: $(ls "$ROOT/opt/hmm" | xargs)"

@@ -168,7 +168,6 @@ void *anon_map_aligned(size_t len, size_t align)
 	return p;
 }
 
-/* Value in kB of @key in /proc/meminfo, or -1. */
 /*
  * Map @len bytes of PMD-aligned anonymous memory advised for THP and fill
  * it with @seed. Returns NULL when the kernel backed it with base pages
@@ -532,25 +531,39 @@ int hwpoison_page(char *p, size_t psz)
  * /proc and sysfs.
  */
 
-/* Value in kB of @key in /proc/meminfo, or -1. */
-long meminfo_kb(const char *key)
+/* N if @line is "@key: N ...", else -1. */
+static long line_field(const char *line, const char *key)
 {
 	size_t klen = strlen(key);
-	char line[128];
+
+	if (strncmp(line, key, klen) || line[klen] != ':')
+		return -1;
+	return strtol(line + klen + 1, NULL, 10);
+}
+
+/*
+ * Value of field @key of a "Key: N kB" file such as /proc/meminfo or
+ * /proc/self/status, or -1.
+ */
+long proc_field_kb(const char *path, const char *key)
+{
+	char line[256];
 	long val = -1;
 	FILE *f;
 
-	f = fopen("/proc/meminfo", "r");
+	f = fopen(path, "r");
 	if (!f)
 		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		if (!strncmp(line, key, klen) && line[klen] == ':') {
-			val = strtol(line + klen + 1, NULL, 10);
-			break;
-		}
-	}
+	while (val < 0 && fgets(line, sizeof(line), f))
+		val = line_field(line, key);
 	fclose(f);
 	return val;
+}
+
+/* Value in kB of @key in /proc/meminfo, or -1. */
+long meminfo_kb(const char *key)
+{
+	return proc_field_kb("/proc/meminfo", key);
 }
 
 /*
@@ -559,7 +572,6 @@ long meminfo_kb(const char *key)
  */
 long smaps_kb(void *va, const char *key)
 {
-	size_t klen = strlen(key);
 	unsigned long start, end;
 	bool in = false;
 	char line[256];
@@ -569,16 +581,12 @@ long smaps_kb(void *va, const char *key)
 	f = fopen("/proc/self/smaps", "r");
 	if (!f)
 		return -1;
-	while (fgets(line, sizeof(line), f)) {
+	while (val < 0 && fgets(line, sizeof(line), f)) {
 		if (sscanf(line, "%lx-%lx ", &start, &end) == 2 &&
-		    strchr(line, '-') < strchr(line, ' ')) {
+		    strchr(line, '-') < strchr(line, ' '))
 			in = start == (uintptr_t)va;
-			continue;
-		}
-		if (in && !strncmp(line, key, klen) && line[klen] == ':') {
-			val = strtol(line + klen + 1, NULL, 10);
-			break;
-		}
+		else if (in)
+			val = line_field(line, key);
 	}
 	fclose(f);
 	return val;

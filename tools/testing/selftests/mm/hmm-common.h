@@ -92,6 +92,7 @@ bool cpu_write_sigbus(void *p);
 int hwpoison_page(char *p, size_t psz);
 
 /* /proc and sysfs. */
+long proc_field_kb(const char *path, const char *key);
 long meminfo_kb(const char *key);
 long smaps_kb(void *va, const char *key);
 long pagemap_count(const char *va, unsigned long npages, uint64_t bits);
