@@ -19,6 +19,28 @@ cc_prog() {
 		gcc $CFLAGS $flags -o "$ROOT/opt/hmm/$name" "$src" -lm
 }
 
+# The HMM programs of selftests/mm (hmm-common.c linked in by its
+# Makefile), built by that Makefile, static and with warnings fatal.
+HMM_PROGS="hmm-tests hmm-migrate-tests hmm-devlock-tests hmm-dma-tests"
+HMM_PROGS+=" hmm-shmem-tests hmm-shmem-evict-tests hmm-stress hmm-fuzz"
+
+mm_progs() {
+	local out=$OUT/selftests-mm p
+
+	rm -rf "$out"
+	mkdir -p "$out"
+	# shellcheck disable=SC2046
+	run_logged "$LOGS/cc-selftests-mm.log" \
+		"compiling the HMM programs (make -C tools/testing/selftests/mm)" \
+		make -C "$LINUX/tools/testing/selftests/mm" OUTPUT="$out" \
+		KHDR_INCLUDES="-isystem $OUT/build/usr/include" \
+		LDFLAGS=-static EXTRA_CFLAGS=-Werror \
+		$(printf "$out/%s " $HMM_PROGS)
+	for p in $HMM_PROGS; do
+		cp "$out/$p" "$ROOT/opt/hmm/$p"
+	done
+}
+
 step "building guest programs and the initramfs"
 rm -rf "$ROOT"
 mkdir -p "$ROOT"/{bin,dev,proc,sys,tmp,opt/hmm}
@@ -28,13 +50,11 @@ file -b /bin/busybox 2>/dev/null | grep -q static ||
 	ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' ||
 	die "/bin/busybox is not static: install busybox-static"
 cp "$HARNESS/guest/init" "$ROOT/init"
-cc_prog hmm-tests "$LINUX/tools/testing/selftests/mm/hmm-tests.c" -Werror
+mm_progs
 cc_prog hmm-demo "$HARNESS/demo/hmm-demo.c" -Werror
 # Upstream 6.12's own selftest, from the pristine base commit, built
 # against our uapi header: existing userspace must keep working.
 git -C "$LINUX" show base:tools/testing/selftests/mm/hmm-tests.c >"$OUT/hmm-tests-6.12.c"
 cc_prog hmm-tests-6.12 "$OUT/hmm-tests-6.12.c" -I"$LINUX/tools/testing/selftests/mm"
-cc_prog hmm-stress "$LINUX/tools/testing/selftests/mm/hmm-stress.c" -Werror
-cc_prog hmm-fuzz "$LINUX/tools/testing/selftests/mm/hmm-fuzz.c" -Werror
 (cd "$ROOT" && find . | cpio -o -H newc --quiet | gzip -1) >"$OUT/initrd.gz"
 info "$(du -h "$OUT/initrd.gz" | cut -f1) initramfs: $(ls "$ROOT/opt/hmm" | xargs)"

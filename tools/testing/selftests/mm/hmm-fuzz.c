@@ -56,8 +56,8 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
-#include "kselftest.h"
-#include <lib/test_hmm_uapi.h>
+#include "../kselftest.h"
+#include "hmm-common.h"
 
 #define PAGE		4096UL
 #define WIN		(4UL << 20)	/* one region per 4 MiB window */
@@ -177,15 +177,6 @@ static unsigned long hist_n, cur_it;
 
 #define MISMATCH(...) ({ snprintf(why, sizeof(why), __VA_ARGS__); -1; })
 
-static uint64_t rnd_next(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
 static uint64_t rnd(uint64_t *s, uint64_t n)
 {
 	return n ? rnd_next(s) % n : 0;
@@ -215,54 +206,6 @@ static void user_top_probe(void)
 		user_top = (1UL << 56) - PAGE;
 		munmap(p, PAGE);
 	}
-}
-
-static bool cmdline_has(const char *word)
-{
-	char line[4096];
-	size_t n;
-	FILE *f = fopen("/proc/cmdline", "r");
-
-	if (!f)
-		return false;
-	n = fread(line, 1, sizeof(line) - 1, f);
-	fclose(f);
-	line[n] = 0;
-	return strstr(line, word);
-}
-
-/* Pages in use on the device @rdev: its sysfs devmem_used. */
-static long devmem_used(dev_t rdev)
-{
-	static const char attr[] = "devmem_used";
-	char path[96];
-	long v = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/sys/dev/char/%u:%u/%s",
-		 major(rdev), minor(rdev), attr);
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	if (fscanf(f, "%ld", &v) != 1)
-		v = -1;
-	fclose(f);
-	return v;
-}
-
-static int devmem_limit_set(dev_t rdev, long limit)
-{
-	char path[96];
-	FILE *f;
-	int ret;
-
-	snprintf(path, sizeof(path), "/sys/dev/char/%u:%u/devmem_limit",
-		 major(rdev), minor(rdev));
-	f = fopen(path, "w");
-	if (!f)
-		return -1;
-	ret = fprintf(f, "%ld\n", limit) < 0;
-	return fclose(f) || ret ? -1 : 0;
 }
 
 /* ------------------------------------------------------------------
@@ -1856,7 +1799,7 @@ static int check_devmem(void)
 			hi += !!(pm[p].loc & L_DEV(d));
 			lo += pm[p].loc == L_DEV(d);
 		}
-		used = devmem_used(dev[d].rdev);
+		used = devattr_read(dev[d].rdev, "devmem_used");
 		if (used < lo || used > hi)
 			return MISMATCH("device %d: devmem_used %ld, model %ld..%ld",
 					d, used, lo, hi);
@@ -1908,9 +1851,9 @@ static int one_request(struct req *q, uint64_t *s, int closed_fd,
 	req_build(q, s, closed_fd, null_fd);
 	stat = q->malformed ? C_BAD : q->c;
 	if (!q->malformed && q->c == C_TO_DEV && rnd(s, 200) == 0) {
-		long used = devmem_used(dev[q->d].rdev);
+		long used = devattr_read(dev[q->d].rdev, "devmem_used");
 
-		if (used > 0 && !devmem_limit_set(dev[q->d].rdev, used)) {
+		if (used > 0 && !devattr_write(dev[q->d].rdev, "devmem_limit", used)) {
 			q->probe = true;
 			enomem_probes++;
 		}
@@ -1927,7 +1870,7 @@ static int one_request(struct req *q, uint64_t *s, int closed_fd,
 	sent = q->cmd;
 	err = ioctl(q->fd, q->nr, q->arg) ? errno : 0;
 	if (q->probe)
-		devmem_limit_set(dev[q->d].rdev, 0);
+		devattr_write(dev[q->d].rdev, "devmem_limit", 0);
 	st_sent[stat]++;
 	st_errno[err < 256 ? err : 255]++;
 	if (!err)
@@ -2050,7 +1993,7 @@ static int final_check(void)
 	 * eviction and stay until the process lets go of them.
 	 */
 	for (d = 0; d < NDEV; d++) {
-		long used = dev[d].present ? devmem_used(dev[d].rdev) : 0;
+		long used = dev[d].present ? devattr_read(dev[d].rdev, "devmem_used") : 0;
 
 		if (used > excl[d])
 			return MISMATCH("device %d: devmem_used %ld after close, %ld exclusive",
@@ -2236,7 +2179,7 @@ static void test_close_race(uint64_t seed, int rounds)
 					      strerror(c.unexpected));
 			return;
 		}
-		used = devmem_used(st.st_rdev);
+		used = devattr_read(st.st_rdev, "devmem_used");
 		if (used) {
 			ksft_test_result_fail("close_race: round %d: devmem_used %ld after close\n",
 					      i, used);

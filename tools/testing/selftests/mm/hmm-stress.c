@@ -69,10 +69,10 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 
-#include "kselftest.h"
-#include <lib/test_hmm_uapi.h>
+#include "../kselftest.h"
+#include "hmm-common.h"
 
-#define PAGE		4096UL
+#define PAGE		((unsigned long)psize())
 #define WORDS		(PAGE / sizeof(uint64_t))
 #define THP_SIZE	(2UL << 20)
 #define MAX_THREADS	16
@@ -165,15 +165,6 @@ static const int op_weight[OP_NR] = {
 /* swiotlb=force on the kernel command line: DMA may be refused. */
 static bool dma_may_refuse;
 
-static uint64_t rnd_next(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
 /* Word @w of the page at offset @pgoff as written by (@writer, @gen). */
 static uint64_t pattern(uint32_t writer, uint32_t gen, unsigned long pgoff,
 			unsigned long w)
@@ -209,16 +200,13 @@ static long check_page(const void *p, struct expect e, unsigned long pgoff)
 static int dmirror(int fd, unsigned long req, void *addr, void *buf,
 		   unsigned long npages, uint64_t *cpages)
 {
-	struct hmm_dmirror_cmd cmd = {
-		.addr = (uintptr_t)addr, .ptr = (uintptr_t)buf,
-		.npages = npages,
-	};
+	struct hmm_dmirror_cmd cmd;
+	int ret;
 
-	if (ioctl(fd, req, &cmd))
-		return -errno;
-	if (cpages)
+	ret = dmirror_req(fd, req, addr, buf, npages, &cmd);
+	if (!ret && cpages)
 		*cpages = cmd.cpages;
-	return 0;
+	return ret;
 }
 
 /*
@@ -240,70 +228,22 @@ static int dmirror_retry(int fd, unsigned long req, void *addr, void *buf,
 	return ret;
 }
 
-/* sysfs file @name of the device node @devpath (lib/test_hmm.c). */
-static int dev_attr_path(const char *devpath, const char *name, char *buf,
-			 size_t len)
+/* The device number of the device node @devpath, or 0. */
+static dev_t dev_rdev(const char *devpath)
 {
 	struct stat st;
 
-	if (stat(devpath, &st))
-		return -errno;
-	snprintf(buf, len, "/sys/dev/char/%u:%u/%s", major(st.st_rdev),
-		 minor(st.st_rdev), name);
-	return 0;
+	return stat(devpath, &st) ? 0 : st.st_rdev;
 }
 
 static long dev_attr_read(const char *devpath, const char *name)
 {
-	char path[128], val[32] = "";
-	ssize_t n;
-	int fd;
-
-	if (dev_attr_path(devpath, name, path, sizeof(path)))
-		return -1;
-	fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return -1;
-	n = read(fd, val, sizeof(val) - 1);
-	close(fd);
-	return n > 0 ? strtol(val, NULL, 0) : -1;
+	return devattr_read(dev_rdev(devpath), name);
 }
 
 static int dev_attr_write(const char *devpath, const char *name, long v)
 {
-	char path[128], val[32];
-	int fd, n, ret = 0;
-
-	if (dev_attr_path(devpath, name, path, sizeof(path)))
-		return -1;
-	fd = open(path, O_WRONLY);
-	if (fd < 0)
-		return -1;
-	n = snprintf(val, sizeof(val), "%ld\n", v);
-	if (write(fd, val, n) != n)
-		ret = -1;
-	close(fd);
-	return ret;
-}
-
-/* "Key: N kB" of the kernel's memory counters, in kB, or -1. */
-static long mem_counter(const char *key)
-{
-	char line[128];
-	long v = -1;
-	FILE *f = fopen("/proc/meminfo", "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		if (!strncmp(line, key, strlen(key)) &&
-		    line[strlen(key)] == ':') {
-			v = strtol(line + strlen(key) + 1, NULL, 10);
-			break;
-		}
-	}
-	fclose(f);
-	return v;
+	return devattr_write(dev_rdev(devpath), name, v);
 }
 
 /* ------------------------------------------------------------------ */
@@ -690,38 +630,6 @@ static int op_mprotect(struct worker *wk, unsigned long slot)
 }
 
 /* Set while this thread expects its CPU read to raise SIGBUS. */
-static __thread struct {
-	sigjmp_buf	*jb;
-} sigbus_jmp;
-
-static void on_sigbus(int sig, siginfo_t *si, void *uc)
-{
-	if (sigbus_jmp.jb)
-		siglongjmp(*sigbus_jmp.jb, 1);
-	signal(SIGBUS, SIG_DFL);
-	raise(SIGBUS);
-}
-
-/*
- * A CPU read of @p; true if it raised SIGBUS (a locked device page).  The
- * fences keep the compiler from moving the read out of the armed window.
- */
-static bool cpu_read_sigbus(uint64_t *p)
-{
-	sigjmp_buf jb;
-
-	if (sigsetjmp(jb, 1)) {
-		sigbus_jmp.jb = NULL;
-		return true;
-	}
-	sigbus_jmp.jb = &jb;
-	__atomic_signal_fence(__ATOMIC_SEQ_CST);
-	(void)__atomic_load_n(p, __ATOMIC_RELAXED);
-	__atomic_signal_fence(__ATOMIC_SEQ_CST);
-	sigbus_jmp.jb = NULL;
-	return false;
-}
-
 /* HMM_DMIRROR_RELEASE calls started (odd bit: one is running). */
 static unsigned long release_epoch(struct stress *st)
 {
@@ -1278,12 +1186,10 @@ static int stress_proc(struct stress *st)
 	pthread_t tid[MAX_THREADS];
 	unsigned long maxp = st->slot_pages > st->lf_pages ?
 			     st->slot_pages : st->lf_pages;
-	struct sigaction sa = { .sa_sigaction = on_sigbus,
-				.sa_flags = SA_SIGINFO | SA_NODEFER };
 	pthread_barrier_t start;
 	int t, op, fd;
 
-	if (map_all(st) || sigaction(SIGBUS, &sa, NULL))
+	if (map_all(st))
 		return 1;
 	for (t = 0; t < st->nthreads; t++) {
 		wk[t] = (struct worker){
@@ -1631,7 +1537,7 @@ static void test_stress(const char *devpath, enum backing b, int seconds,
 	if (st.big)
 		st.slot_pages = (mib << 20) / PAGE / st.nslots;
 	st.deadline = time(NULL) + seconds;
-	free0 = mem_counter("MemFree");
+	free0 = meminfo_kb("MemFree");
 	if (stress_run(&st, why, sizeof(why)) ||
 	    check_device_idle(devpath, why, sizeof(why))) {
 		ksft_test_result_fail("stress_%s_%s: %s\n", name, dev, why);
@@ -1642,7 +1548,7 @@ static void test_stress(const char *devpath, enum backing b, int seconds,
 	 * which after a large range may take the kernel a moment.
 	 */
 	for (i = 0; i < 30; i++) {
-		free1 = mem_counter("MemFree");
+		free1 = meminfo_kb("MemFree");
 		if (free1 >= free0 - 32 * 1024)
 			break;
 		usleep(100000);
@@ -1865,18 +1771,6 @@ out:
 #define CGROOT	"/sys/fs/cgroup"
 #define CG	CGROOT "/hmm-stress"
 
-static int file_write(const char *path, const char *s)
-{
-	int fd = open(path, O_WRONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, s, strlen(s));
-	close(fd);
-	return n == (ssize_t)strlen(s) ? 0 : -errno;
-}
-
 /* A number from a cgroup file, or the value of "key N" in it. */
 static long cg_read(const char *file, const char *key)
 {
@@ -1919,7 +1813,7 @@ static int memcg_child(const char *devpath, int ready)
 	long cur, n, filled = 0;
 	int fd, ret;
 
-	if (file_write(CG "/cgroup.procs", "0"))
+	if (write_str(CG "/cgroup.procs", "0"))
 		return 10;
 	p = buffer_new(CG_PAGES, e);
 	fd = open(devpath, O_RDWR);
@@ -1980,12 +1874,12 @@ static void test_memcg(const char *devpath)
 		return;
 	}
 	rmdir(CG);
-	if (failed(why, !file_write(CGROOT "/cgroup.subtree_control", "+memory") &&
+	if (failed(why, !write_str(CGROOT "/cgroup.subtree_control", "+memory") &&
 		   (!mkdir(CG, 0755) || errno == EEXIST),
 		   "cannot make cgroup %s: %s", CG, strerror(errno)))
 		goto out;
 	snprintf(max, sizeof(max), "%ld", CG_MAX);
-	if (failed(why, !file_write(CG "/memory.max", max), "memory.max: %s",
+	if (failed(why, !write_str(CG "/memory.max", max), "memory.max: %s",
 		   strerror(errno)))
 		goto out;
 
@@ -2360,21 +2254,6 @@ out:
 		ksft_test_result_fail("shmem_evict_%s: %s\n", dev, why);
 	else
 		ksft_test_result_pass("shmem_evict_%s (%d s)\n", dev, seconds);
-}
-
-static bool cmdline_has(const char *word)
-{
-	char line[4096] = "";
-	int fd = open("/proc/cmdline", O_RDONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return false;
-	n = read(fd, line, sizeof(line) - 1);
-	close(fd);
-	if (n > 0)
-		line[n] = 0;
-	return !!strstr(line, word);
 }
 
 int main(int argc, char **argv)
