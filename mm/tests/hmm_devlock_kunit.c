@@ -98,6 +98,7 @@ static void hmm_devlock_test_refusals(struct kunit *test)
 	unsigned long addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
 	struct mm_struct *mm = current->mm;
 	struct page *page;
+	long pinned;
 	s64 base;
 
 	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 21), 0);
@@ -123,8 +124,9 @@ static void hmm_devlock_test_refusals(struct kunit *test)
 
 	/* An ordinary page is never reported locked; freeing it is a no-op. */
 	mmap_read_lock(mm);
-	KUNIT_ASSERT_EQ(test, get_user_pages(addr, 1, FOLL_WRITE, &page), 1);
+	pinned = get_user_pages(addr, 1, FOLL_WRITE, &page);
 	mmap_read_unlock(mm);
+	KUNIT_ASSERT_EQ(test, pinned, 1);
 	KUNIT_EXPECT_FALSE(test, hmm_devlock_page_locked(page));
 	hmm_devlock_page_free(page);
 	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base);
@@ -153,6 +155,7 @@ static void hmm_devlock_test_free_keeps_mm(struct kunit *test)
 	int before, after;
 	bool locked;
 	s64 base;
+	int ret;
 
 	dm = hk_pgmap_add(test, &owner);
 	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_MIG_NPAGES * PAGE_SIZE, 23),
@@ -163,10 +166,11 @@ static void hmm_devlock_test_free_keeps_mm(struct kunit *test)
 	base = atomic64_read(&mm->pinned_vm);
 
 	mmap_read_lock(mm);
-	KUNIT_ASSERT_EQ(test, hmm_devlock_range(mm, addr, addr + PAGE_SIZE,
-						&owner), 0);
-	get_page(dpage);
+	ret = hmm_devlock_range(mm, addr, addr + PAGE_SIZE, &owner);
+	if (!ret)
+		get_page(dpage);
 	mmap_read_unlock(mm);
+	KUNIT_ASSERT_EQ(test, ret, 0);
 	KUNIT_EXPECT_TRUE(test, hmm_devlock_page_locked(dpage));
 	KUNIT_EXPECT_EQ(test, atomic64_read(&mm->pinned_vm), base + 1);
 

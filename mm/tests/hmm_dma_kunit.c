@@ -179,6 +179,7 @@ static void hmm_dma_test_map_read_write(struct kunit *test)
 	struct hk_dma_mirror *hd;
 	unsigned long *pfns;
 	dma_addr_t dma[HK_NPAGES], again;
+	int ret = 0;
 
 	pfns = kunit_kcalloc(test, HK_NPAGES, sizeof(*pfns), GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, pfns);
@@ -192,8 +193,10 @@ static void hmm_dma_test_map_read_write(struct kunit *test)
 	for (i = 0; i < HK_NPAGES; i++) {
 		unsigned long uaddr = addr + i * PAGE_SIZE;
 
-		KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, i, pfns[i],
-						      &dma[i]), 0);
+		ret = hmm_dma_map_pfn(&hd->map, i, pfns[i], &dma[i]);
+		KUNIT_EXPECT_EQ(test, ret, 0);
+		if (ret)
+			goto out_unlock;
 		/* Direct: the DMA address leads to the page itself. */
 		KUNIT_EXPECT_EQ(test, dma_to_phys(dev, dma[i]),
 				page_to_phys(hmm_pfn_to_page(pfns[i])));
@@ -217,7 +220,9 @@ static void hmm_dma_test_map_read_write(struct kunit *test)
 			(unsigned long)HK_NPAGES - 1);
 	KUNIT_EXPECT_EQ(test, hd->map.nr_mappings, 0UL);
 	KUNIT_EXPECT_EQ(test, hmm_dma_unmap_all(&hd->map), 0UL);
+out_unlock:
 	mutex_unlock(&hd->hn.lock);
+	KUNIT_ASSERT_EQ(test, ret, 0);
 
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr, HK_SIZE, 22), 0);
 }
@@ -234,6 +239,7 @@ static void hmm_dma_test_write_upgrade(struct kunit *test)
 	struct hmm_range range;
 	struct hk_dma_mirror *hd;
 	unsigned long pfn;
+	int ret;
 
 	addr = hk_map(test, PAGE_SIZE, PROT_READ | PROT_WRITE);
 	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, PAGE_SIZE, 23), 0);
@@ -241,14 +247,21 @@ static void hmm_dma_test_write_upgrade(struct kunit *test)
 
 	hk_range_init(&range, &pfn, addr, 1, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(&hd->hn, &range), 0);
-	KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, 0,
-					      pfn & ~HMM_PFN_WRITE, &ro), 0);
+	ret = hmm_dma_map_pfn(&hd->map, 0, pfn & ~HMM_PFN_WRITE, &ro);
+	KUNIT_EXPECT_EQ(test, ret, 0);
+	if (ret)
+		goto out_unlock;
 	KUNIT_EXPECT_TRUE(test, hk_dma_view_matches(hk_dma_dev_view(dev, ro), addr, 23));
 	KUNIT_EXPECT_TRUE(test, pfn & HMM_PFN_WRITE);
-	KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, 0, pfn, &rw), 0);
+	ret = hmm_dma_map_pfn(&hd->map, 0, pfn, &rw);
+	KUNIT_EXPECT_EQ(test, ret, 0);
+	if (ret)
+		goto out_unlock;
 	KUNIT_EXPECT_EQ(test, hd->map.nr_mappings, 1UL);
 	hk_dma_view_fill(hk_dma_dev_view(dev, rw), addr, 24);
+out_unlock:
 	mutex_unlock(&hd->hn.lock);
+	KUNIT_ASSERT_EQ(test, ret, 0);
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr, PAGE_SIZE, 24), 0);
 }
 
@@ -264,6 +277,7 @@ static void hmm_dma_test_invalidate(struct kunit *test)
 	struct hk_dma_mirror *hd;
 	unsigned long *pfns;
 	dma_addr_t dma;
+	int ret = 0;
 
 	pfns = kunit_kcalloc(test, HK_NPAGES, sizeof(*pfns), GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, pfns);
@@ -296,14 +310,17 @@ static void hmm_dma_test_invalidate(struct kunit *test)
 	hk_range_init(&range, pfns, addr + 8 * PAGE_SIZE, 8, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(&hd->hn, &range), 0);
 	for (i = 0; i < 8; i++) {
-		KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, 8 + i, pfns[i],
-						      &dma), 0);
+		ret = hmm_dma_map_pfn(&hd->map, 8 + i, pfns[i], &dma);
+		KUNIT_EXPECT_EQ(test, ret, 0);
+		if (ret)
+			break;
 		KUNIT_EXPECT_TRUE(test, hk_dma_view_matches(hk_dma_dev_view(dev, dma),
 							    addr + (8 + i) * PAGE_SIZE,
 							25));
 	}
 	KUNIT_EXPECT_EQ(test, hd->map.nr_mappings, (unsigned long)HK_NPAGES - 4);
 	mutex_unlock(&hd->hn.lock);
+	KUNIT_ASSERT_EQ(test, ret, 0);
 }
 
 /*
@@ -404,6 +421,7 @@ static void hmm_dma_test_bad_input(struct kunit *test)
 	struct hmm_range range;
 	struct hk_dma_mirror *hd;
 	dma_addr_t dma = 0;
+	int ret;
 
 	/* KUnit devices get a 32-bit mask; this one must have none. */
 	nomask = kunit_device_register(test, "hmm_dma_kunit_nomask");
@@ -449,9 +467,13 @@ static void hmm_dma_test_bad_input(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, hmm_dma_unmap_pfn(&hd->map, 0), 0UL);
 
 	/* And the state still works. */
-	KUNIT_ASSERT_EQ(test, hmm_dma_map_pfn(&hd->map, 0, pfn, &dma), 0);
-	KUNIT_EXPECT_TRUE(test, hk_dma_view_matches(hk_dma_dev_view(dev, dma), addr, 29));
+	ret = hmm_dma_map_pfn(&hd->map, 0, pfn, &dma);
+	KUNIT_EXPECT_EQ(test, ret, 0);
+	if (!ret)
+		KUNIT_EXPECT_TRUE(test, hk_dma_view_matches(hk_dma_dev_view(dev, dma),
+							    addr, 29));
 	mutex_unlock(&hd->hn.lock);
+	KUNIT_ASSERT_EQ(test, ret, 0);
 }
 
 #ifdef CONFIG_DEVICE_PRIVATE

@@ -54,6 +54,7 @@ static void hmm_test_snapshot_unpopulated(struct kunit *test)
 	struct hmm_range range;
 	struct hk_notifier *hn;
 	int pass, i;
+	bool ok = true;
 
 	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
 	hn = hk_notifier_add(test, addr, HK_SIZE);
@@ -77,12 +78,16 @@ static void hmm_test_snapshot_unpopulated(struct kunit *test)
 			KUNIT_EXPECT_EQ_MSG(test, pfns[i], 0UL, "page %d", i);
 			continue;
 		}
-		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
-				HMM_PFN_VALID | HMM_PFN_WRITE);
+		if (!hk_expect_entry(test, pfns[i], HK_PFN_ACCESS,
+				     HMM_PFN_VALID | HMM_PFN_WRITE, i)) {
+			ok = false;
+			break;
+		}
 		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
 						      addr + 3 * PAGE_SIZE, 7));
 	}
 	mutex_unlock(&hn->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
 }
 
 /*
@@ -95,6 +100,7 @@ static void hmm_test_fault_read_zero_page(struct kunit *test)
 	struct hmm_range range;
 	struct hk_notifier *hn;
 	int i;
+	bool ok = true;
 
 	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
 	hn = hk_notifier_add(test, addr, HK_SIZE);
@@ -102,19 +108,27 @@ static void hmm_test_fault_read_zero_page(struct kunit *test)
 	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS, HMM_PFN_VALID);
+		if (!hk_expect_entry(test, pfns[i], HK_PFN_ACCESS,
+				     HMM_PFN_VALID, i)) {
+			ok = false;
+			break;
+		}
 		KUNIT_EXPECT_TRUE(test,
 				  is_zero_pfn(page_to_pfn(hmm_pfn_to_page(pfns[i]))));
 		KUNIT_EXPECT_TRUE(test, hk_page_is_zero(hmm_pfn_to_page(pfns[i])));
 	}
 	mutex_unlock(&hn->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
 
 	hk_range_init(&range, pfns, addr, HK_NPAGES,
 		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
-				HMM_PFN_VALID | HMM_PFN_WRITE);
+		if (!hk_expect_entry(test, pfns[i], HK_PFN_ACCESS,
+				     HMM_PFN_VALID | HMM_PFN_WRITE, i)) {
+			ok = false;
+			break;
+		}
 		KUNIT_EXPECT_FALSE(test,
 				   is_zero_pfn(page_to_pfn(hmm_pfn_to_page(pfns[i]))));
 		KUNIT_EXPECT_EQ(test, hmm_pfn_to_map_order(pfns[i]), 0U);
@@ -124,6 +138,7 @@ static void hmm_test_fault_read_zero_page(struct kunit *test)
 		KUNIT_EXPECT_NE(test, pfns[i] & ~HMM_PFN_FLAGS,
 				pfns[0] & ~HMM_PFN_FLAGS);
 	mutex_unlock(&hn->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
 
 	/* What the "device" wrote is what the process reads. */
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr, HK_SIZE, 1), 0);
@@ -136,6 +151,7 @@ static void hmm_test_fault_write_data(struct kunit *test)
 	struct hmm_range range;
 	struct hk_notifier *hn;
 	int i;
+	bool ok = true;
 
 	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
 	hn = hk_notifier_add(test, addr, HK_SIZE);
@@ -144,13 +160,17 @@ static void hmm_test_fault_write_data(struct kunit *test)
 		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
-				HMM_PFN_VALID | HMM_PFN_WRITE);
+		if (!hk_expect_entry(test, pfns[i], HK_PFN_ACCESS,
+				     HMM_PFN_VALID | HMM_PFN_WRITE, i)) {
+			ok = false;
+			break;
+		}
 		KUNIT_EXPECT_EQ(test, hmm_pfn_to_phys(pfns[i]),
 				PFN_PHYS(page_to_pfn(hmm_pfn_to_page(pfns[i]))));
 		hk_fill_page(hmm_pfn_to_page(pfns[i]), addr + i * PAGE_SIZE, 2);
 	}
 	mutex_unlock(&hn->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr, HK_SIZE, 2), 0);
 
 	/* Now the CPU writes and a plain snapshot must see it. */
@@ -158,12 +178,16 @@ static void hmm_test_fault_write_data(struct kunit *test)
 	hk_range_init(&range, pfns, addr, HK_NPAGES, 0);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
-				HMM_PFN_VALID | HMM_PFN_WRITE);
+		if (!hk_expect_entry(test, pfns[i], HK_PFN_ACCESS,
+				     HMM_PFN_VALID | HMM_PFN_WRITE, i)) {
+			ok = false;
+			break;
+		}
 		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
 						      addr + i * PAGE_SIZE, 3));
 	}
 	mutex_unlock(&hn->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
 }
 
 /*
@@ -218,6 +242,7 @@ static void hmm_test_readonly_vma(struct kunit *test)
 	struct hmm_range range;
 	struct hk_notifier *hn;
 	int i;
+	bool ok = true;
 
 	addr = hk_map(test, HK_SIZE, PROT_READ);
 	hn = hk_notifier_add(test, addr, HK_SIZE);
@@ -225,11 +250,16 @@ static void hmm_test_readonly_vma(struct kunit *test)
 	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS, HMM_PFN_VALID);
+		if (!hk_expect_entry(test, pfns[i], HK_PFN_ACCESS,
+				     HMM_PFN_VALID, i)) {
+			ok = false;
+			break;
+		}
 		/* Fresh anonymous memory reads as zeroes, through the pfn. */
 		KUNIT_EXPECT_TRUE(test, hk_page_is_zero(hmm_pfn_to_page(pfns[i])));
 	}
 	mutex_unlock(&hn->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
 
 	hk_range_init(&range, pfns, addr, HK_NPAGES,
 		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
@@ -253,6 +283,7 @@ static void hmm_test_thp_order(struct kunit *test)
 	struct hk_notifier *hn;
 	unsigned long *pfns;
 	struct folio *folio;
+	bool ok = true;
 
 	if (!has_transparent_hugepage())
 		kunit_skip(test, "CPU has no PMD-sized transparent huge pages");
@@ -275,13 +306,22 @@ static void hmm_test_thp_order(struct kunit *test)
 	first = pfns[0] & ~HMM_PFN_FLAGS;
 	KUNIT_EXPECT_EQ(test, first % HPAGE_PMD_NR, 0UL);
 	for (i = 0; i < npages; i++) {
-		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
-				HMM_PFN_VALID | HMM_PFN_WRITE);
-		KUNIT_ASSERT_EQ(test, hmm_pfn_to_map_order(pfns[i]),
+		if (!hk_expect_entry(test, pfns[i], HK_PFN_ACCESS,
+				     HMM_PFN_VALID | HMM_PFN_WRITE, i)) {
+			ok = false;
+			break;
+		}
+		KUNIT_EXPECT_EQ(test, hmm_pfn_to_map_order(pfns[i]),
 				(unsigned int)HPAGE_PMD_ORDER);
-		KUNIT_ASSERT_EQ(test, pfns[i] & ~HMM_PFN_FLAGS, first + i);
+		KUNIT_EXPECT_EQ(test, pfns[i] & ~HMM_PFN_FLAGS, first + i);
+		if (hmm_pfn_to_map_order(pfns[i]) != HPAGE_PMD_ORDER ||
+		    (pfns[i] & ~HMM_PFN_FLAGS) != first + i) {
+			ok = false;
+			break;
+		}
 	}
 	mutex_unlock(&hn->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
 
 	/* Data written by the CPU through the huge mapping, read by pfn. */
 	KUNIT_ASSERT_EQ(test, hk_user_fill(thp, HPAGE_PMD_SIZE, 5), 0);
@@ -738,6 +778,7 @@ static void hmm_test_no_vma(struct kunit *test)
 	struct hmm_range range;
 	struct hk_notifier *hn;
 	int i;
+	bool ok = true;
 
 	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
 	hn = hk_notifier_add(test, addr, HK_SIZE);
@@ -752,12 +793,16 @@ static void hmm_test_no_vma(struct kunit *test)
 			KUNIT_EXPECT_EQ(test, pfns[i], (unsigned long)HMM_PFN_ERROR);
 			continue;
 		}
-		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
-				HMM_PFN_VALID | HMM_PFN_WRITE);
+		if (!hk_expect_entry(test, pfns[i], HK_PFN_ACCESS,
+				     HMM_PFN_VALID | HMM_PFN_WRITE, i)) {
+			ok = false;
+			break;
+		}
 		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
 						      addr + i * PAGE_SIZE, 6));
 	}
 	mutex_unlock(&hn->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
 
 	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
 	KUNIT_EXPECT_EQ(test, hk_fault(hn, &range), -EFAULT);
@@ -1055,6 +1100,7 @@ static void hmm_test_mirror_lifecycle(struct kunit *test)
 	struct hmm_range range;
 	struct hk_mirror *hm;
 	int i, count;
+	bool ok = true;
 
 	addr = hk_map(test, 2 * HK_SIZE, PROT_READ | PROT_WRITE);
 	hm = hk_mirror_new(test, current->mm);
@@ -1068,12 +1114,16 @@ static void hmm_test_mirror_lifecycle(struct kunit *test)
 	KUNIT_EXPECT_TRUE(test, mutex_is_locked(&hm->lock));
 	KUNIT_EXPECT_PTR_EQ(test, range.notifier, &hm->mirror.interval);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
-				HMM_PFN_VALID | HMM_PFN_WRITE);
+		if (!hk_expect_entry(test, pfns[i], HK_PFN_ACCESS,
+				     HMM_PFN_VALID | HMM_PFN_WRITE, i)) {
+			ok = false;
+			break;
+		}
 		hk_fill_page(hmm_pfn_to_page(pfns[i]), addr + i * PAGE_SIZE,
 			     11);
 	}
 	mutex_unlock(&hm->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr, HK_SIZE, 11), 0);
 
 	/* CPU writes the second half, the mirror reads it. */
@@ -1414,6 +1464,7 @@ static void hmm_test_nonblock_interval(struct kunit *test)
 	struct hk_notifier *hn;
 	struct mm_struct *mm;
 	int i, inval;
+	bool ok = true;
 
 	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
 	mm = current->mm;
@@ -1434,12 +1485,16 @@ static void hmm_test_nonblock_interval(struct kunit *test)
 	KUNIT_EXPECT_FALSE(test, mmu_interval_read_retry(&hn->notifier,
 							 range.notifier_seq));
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_ASSERT_EQ(test, pfns[i] & HK_PFN_ACCESS,
-				HMM_PFN_VALID | HMM_PFN_WRITE);
+		if (!hk_expect_entry(test, pfns[i], HK_PFN_ACCESS,
+				     HMM_PFN_VALID | HMM_PFN_WRITE, i)) {
+			ok = false;
+			break;
+		}
 		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
 						      addr + i * PAGE_SIZE, 40));
 	}
 	mutex_unlock(&hn->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
 
 	/* Control: the lock is free, the same call succeeds and counts. */
 	KUNIT_EXPECT_EQ(test, hk_nonblock_invalidate(mm, addr, addr + HK_SIZE),
@@ -1465,6 +1520,7 @@ static void hmm_test_nonblock_mirror(struct kunit *test)
 	struct hmm_range range;
 	struct hk_mirror *hm;
 	struct mm_struct *mm;
+	bool ok = true;
 
 	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
 	mm = current->mm;
@@ -1492,12 +1548,16 @@ static void hmm_test_nonblock_mirror(struct kunit *test)
 	KUNIT_ASSERT_EQ(test, hmm_mirror_range_fault(&hm->mirror, &range,
 						     &hm->lock), 0);
 	for (i = 0; i < HK_NPAGES; i++) {
-		KUNIT_ASSERT_EQ(test, pfns[i] & HMM_PFN_VALID,
-				(unsigned long)HMM_PFN_VALID);
+		if (!hk_expect_entry(test, pfns[i], HMM_PFN_VALID,
+				     (unsigned long)HMM_PFN_VALID, i)) {
+			ok = false;
+			break;
+		}
 		KUNIT_EXPECT_TRUE(test, hk_check_page(hmm_pfn_to_page(pfns[i]),
 						      addr + i * PAGE_SIZE, 41));
 	}
 	mutex_unlock(&hm->lock);
+	KUNIT_ASSERT_TRUE(test, ok);
 
 	/* A blockable invalidation (munmap) reaches the driver. */
 	KUNIT_ASSERT_EQ(test, vm_munmap(addr, HK_SIZE), 0);

@@ -329,6 +329,30 @@ void hk_range_init(struct hmm_range *range, unsigned long *pfns,
 }
 EXPORT_SYMBOL_IF_KUNIT(hk_range_init);
 
+/**
+ * hk_expect_entry() - Expect bits of an hmm_range_fault() entry.
+ * @test: the running case.
+ * @entry: the entry.
+ * @mask: the bits to look at.
+ * @want: what they must be.
+ * @i: index of the page, for the message.
+ *
+ * Entries are checked under the notifier lock, where a case must not
+ * assert (see hk_fault()): it stops at the first entry this refuses,
+ * drops the lock, then asserts on the result.
+ *
+ * Context: Any context.
+ * Return: true if (@entry & @mask) == @want.
+ */
+bool hk_expect_entry(struct kunit *test, unsigned long entry,
+		     unsigned long mask, unsigned long want, unsigned long i)
+{
+	KUNIT_EXPECT_EQ_MSG(test, entry & mask, want, "page %lu: entry %#lx",
+			    i, entry);
+	return (entry & mask) == want;
+}
+EXPORT_SYMBOL_IF_KUNIT(hk_expect_entry);
+
 #if IS_BUILTIN(CONFIG_HMM_KUNIT_TEST)
 /**
  * hk_madvise_hugepage() - Ask for THPs in a VMA, as MADV_HUGEPAGE does.
@@ -360,19 +384,22 @@ EXPORT_SYMBOL_IF_KUNIT(hk_madvise_hugepage);
 
 /**
  * hk_migrate_setup() - migrate_vma_setup() of HK_MIG_NPAGES system pages.
- * @test: the running case.
  * @args: the migration to set up.
  * @addr: start of the range, in a VMA of current->mm.
  * @src: HK_MIG_NPAGES source entries.
  * @dst: HK_MIG_NPAGES destination entries.
  *
- * Context: Process context, mmap lock of current->mm held; asserts that
- * migrate_vma_setup() succeeds.
+ * The caller holds the mmap lock, so this does not assert: the case
+ * checks the result after unlocking.
+ *
+ * Context: Process context, mmap lock of current->mm held.
+ * Return: 0, or migrate_vma_setup()'s -EINVAL (no VMA at @addr, a range
+ * outside it) or -ENOMEM.
  */
-void hk_migrate_setup(struct kunit *test, struct migrate_vma *args,
-		      unsigned long addr, unsigned long *src,
-		     unsigned long *dst)
+int hk_migrate_setup(struct migrate_vma *args, unsigned long addr,
+		     unsigned long *src, unsigned long *dst)
 {
+	mmap_assert_locked(current->mm);
 	memset(args, 0, sizeof(*args));
 	args->vma = vma_lookup(current->mm, addr);
 	args->start = addr;
@@ -380,7 +407,7 @@ void hk_migrate_setup(struct kunit *test, struct migrate_vma *args,
 	args->src = src;
 	args->dst = dst;
 	args->flags = MIGRATE_VMA_SELECT_SYSTEM;
-	KUNIT_ASSERT_EQ(test, migrate_vma_setup(args), 0);
+	return migrate_vma_setup(args);
 }
 EXPORT_SYMBOL_IF_KUNIT(hk_migrate_setup);
 
@@ -489,24 +516,32 @@ static unsigned long hk_pgmap_alloc(struct hk_pgmap *dm, unsigned long i)
  * @dm: the device memory; page i goes to device page i.
  * @owner: @dm's pgmap owner.
  *
- * Every page must move; the data goes to @dm's backing pages.
+ * Every page must move; the data goes to @dm's backing pages.  Checks
+ * under the mmap lock only expect; the assertions come after it.
  *
- * Context: Process context, mmap lock not held.
+ * Context: Process context, mmap lock not held; asserts on failure.
  */
 void hk_shmem_to_device(struct kunit *test, unsigned long addr,
 			struct hk_pgmap *dm, void *owner)
 {
 	unsigned long src[HK_MIG_NPAGES], dst[HK_MIG_NPAGES], i;
 	struct migrate_vma args;
+	int ret, missing = 0;
 
 	mmap_read_lock(current->mm);
-	hk_migrate_setup(test, &args, addr, src, dst);
+	ret = hk_migrate_setup(&args, addr, src, dst);
+	if (ret)
+		goto out_unlock;
 	args.pgmap_owner = owner;
 	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)HK_MIG_NPAGES);
 	for (i = 0; i < HK_MIG_NPAGES; i++) {
 		struct page *spage = migrate_pfn_to_page(src[i]);
 
-		KUNIT_ASSERT_NOT_NULL(test, spage);
+		dst[i] = 0;
+		if (!spage) {
+			missing++;
+			continue;
+		}
 		copy_highpage(dm->backing[i], spage);
 		dst[i] = hk_pgmap_alloc(dm, i);
 	}
@@ -515,7 +550,10 @@ void hk_shmem_to_device(struct kunit *test, unsigned long addr,
 		KUNIT_EXPECT_TRUE_MSG(test, src[i] & MIGRATE_PFN_MIGRATE,
 				      "page %lu", i);
 	migrate_vma_finalize(&args);
+out_unlock:
 	mmap_read_unlock(current->mm);
+	KUNIT_ASSERT_EQ(test, ret, 0);
+	KUNIT_ASSERT_EQ_MSG(test, missing, 0, "pages not collected");
 }
 EXPORT_SYMBOL_IF_KUNIT(hk_shmem_to_device);
 

@@ -48,10 +48,11 @@ int hk_fault(struct hk_notifier *hn, struct hmm_range *range);
 void hk_range_init(struct hmm_range *range, unsigned long *pfns,
 		   unsigned long start, unsigned long npages,
 		   unsigned long default_flags);
+bool hk_expect_entry(struct kunit *test, unsigned long entry,
+		     unsigned long mask, unsigned long want, unsigned long i);
 int hk_madvise_hugepage(struct mm_struct *mm, unsigned long addr);
-void hk_migrate_setup(struct kunit *test, struct migrate_vma *args,
-		      unsigned long addr, unsigned long *src,
-		      unsigned long *dst);
+int hk_migrate_setup(struct migrate_vma *args, unsigned long addr,
+		     unsigned long *src, unsigned long *dst);
 
 #ifdef CONFIG_DEVICE_PRIVATE
 /**

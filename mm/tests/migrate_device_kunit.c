@@ -46,12 +46,18 @@
 #include "../internal.h"
 #include "hmm_kunit_helpers.h"
 
-/* A locked system page, as a driver hands in a destination. */
-static unsigned long hk_dst_alloc(struct kunit *test)
+/*
+ * A locked system page, as a driver hands in a destination, or 0 (no
+ * destination: the slot does not migrate) if there is no memory.  It is
+ * called with the mmap lock and the sources' page locks held, where the
+ * case must not assert; the caller counts failures and asserts after.
+ */
+static unsigned long hk_dst_alloc(void)
 {
 	struct page *page = alloc_page(GFP_HIGHUSER_MOVABLE);
 
-	KUNIT_ASSERT_NOT_NULL(test, page);
+	if (!page)
+		return 0;
 	lock_page(page);
 	return migrate_pfn(page_to_pfn(page));
 }
@@ -141,6 +147,7 @@ static void migrate_device_test_system_round_trip(struct kunit *test)
 	unsigned long addr, i;
 	struct hk_notifier *hn;
 	struct mm_struct *mm;
+	int ret, nomem = 0;
 	u64 word;
 
 	addr = hk_map(test, HK_MIG_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
@@ -154,7 +161,9 @@ static void migrate_device_test_system_round_trip(struct kunit *test)
 	}
 
 	mmap_read_lock(mm);
-	hk_migrate_setup(test, &args, addr, src, dst);
+	ret = hk_migrate_setup(&args, addr, src, dst);
+	if (ret)
+		goto out_unlock;
 	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)HK_MIG_NPAGES);
 	KUNIT_EXPECT_GE(test, atomic_read(&hn->invalidations), 1);
 	for (i = 0; i < HK_MIG_NPAGES; i++) {
@@ -163,8 +172,10 @@ static void migrate_device_test_system_round_trip(struct kunit *test)
 		KUNIT_EXPECT_TRUE_MSG(test, src[i] & MIGRATE_PFN_MIGRATE,
 				      "page %lu", i);
 		KUNIT_EXPECT_EQ_MSG(test, !!spage, i < written, "page %lu", i);
-		dst[i] = hk_dst_alloc(test);
-		if (spage)
+		dst[i] = hk_dst_alloc();
+		if (!dst[i])
+			nomem++;
+		else if (spage)
 			copy_highpage(migrate_pfn_to_page(dst[i]), spage);
 		else
 			hk_fill_page(migrate_pfn_to_page(dst[i]),
@@ -175,7 +186,10 @@ static void migrate_device_test_system_round_trip(struct kunit *test)
 		KUNIT_EXPECT_TRUE_MSG(test, src[i] & MIGRATE_PFN_MIGRATE,
 				      "page %lu", i);
 	migrate_vma_finalize(&args);
+out_unlock:
 	mmap_read_unlock(mm);
+	KUNIT_ASSERT_EQ(test, ret, 0);
+	KUNIT_ASSERT_EQ_MSG(test, nomem, 0, "no destination page");
 
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr, written * PAGE_SIZE, 21), 0);
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr + written * PAGE_SIZE,
@@ -197,6 +211,7 @@ static void migrate_device_test_restore_without_dst(struct kunit *test)
 	struct hk_notifier *hn;
 	struct mm_struct *mm;
 	unsigned long addr, i;
+	int ret;
 
 	addr = hk_map(test, HK_MIG_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
 	mm = current->mm;
@@ -205,14 +220,18 @@ static void migrate_device_test_restore_without_dst(struct kunit *test)
 	hk_snapshot(test, hn, addr, HK_MIG_NPAGES, before);
 
 	mmap_read_lock(mm);
-	hk_migrate_setup(test, &args, addr, src, dst);
+	ret = hk_migrate_setup(&args, addr, src, dst);
+	if (ret)
+		goto out_unlock;
 	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)HK_MIG_NPAGES);
 	migrate_vma_pages(&args);
 	for (i = 0; i < HK_MIG_NPAGES; i++)
 		KUNIT_EXPECT_FALSE_MSG(test, src[i] & MIGRATE_PFN_MIGRATE,
 				       "page %lu", i);
 	migrate_vma_finalize(&args);
+out_unlock:
 	mmap_read_unlock(mm);
+	KUNIT_ASSERT_EQ(test, ret, 0);
 
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr, written * PAGE_SIZE, 23), 0);
 	hk_snapshot(test, hn, addr, HK_MIG_NPAGES, after);
@@ -233,6 +252,7 @@ static void migrate_device_test_zero_page_kept_without_dst(struct kunit *test)
 	struct mm_struct *mm;
 	unsigned long addr, i;
 	u64 word;
+	int ret;
 
 	addr = hk_map(test, HK_MIG_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
 	mm = current->mm;
@@ -242,14 +262,18 @@ static void migrate_device_test_zero_page_kept_without_dst(struct kunit *test)
 					       (addr + i * PAGE_SIZE)), 0);
 
 	mmap_read_lock(mm);
-	hk_migrate_setup(test, &args, addr, src, dst);
+	ret = hk_migrate_setup(&args, addr, src, dst);
+	if (ret)
+		goto out_unlock;
 	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)HK_MIG_NPAGES);
 	for (i = 0; i < HK_MIG_NPAGES; i++)
 		KUNIT_EXPECT_EQ_MSG(test, src[i], MIGRATE_PFN_MIGRATE,
 				    "page %lu", i);
 	migrate_vma_pages(&args);
 	migrate_vma_finalize(&args);
+out_unlock:
 	mmap_read_unlock(mm);
+	KUNIT_ASSERT_EQ(test, ret, 0);
 
 	hk_snapshot(test, hn, addr, HK_MIG_NPAGES, now);
 	for (i = 0; i < HK_MIG_NPAGES; i++)
@@ -270,6 +294,7 @@ static void migrate_device_test_pinned_page_stays(struct kunit *test)
 	struct mm_struct *mm;
 	struct page *pinned;
 	unsigned long addr, i;
+	int ret, nomem = 0;
 
 	addr = hk_map(test, HK_MIG_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
 	mm = current->mm;
@@ -279,19 +304,30 @@ static void migrate_device_test_pinned_page_stays(struct kunit *test)
 						  1, FOLL_WRITE, &pinned), 1);
 
 	mmap_read_lock(mm);
-	hk_migrate_setup(test, &args, addr, src, dst);
+	ret = hk_migrate_setup(&args, addr, src, dst);
+	if (ret)
+		goto out_unlock;
 	KUNIT_EXPECT_EQ(test, args.cpages, (unsigned long)HK_MIG_NPAGES - 1);
 	KUNIT_EXPECT_EQ(test, src[pinned_idx], 0UL);
 	for (i = 0; i < HK_MIG_NPAGES; i++) {
 		if (!migrate_pfn_to_page(src[i]))
 			continue;
-		dst[i] = hk_dst_alloc(test);
+		dst[i] = hk_dst_alloc();
+		if (!dst[i]) {
+			nomem++;
+			continue;
+		}
 		copy_highpage(migrate_pfn_to_page(dst[i]),
 			      migrate_pfn_to_page(src[i]));
 	}
 	migrate_vma_pages(&args);
 	migrate_vma_finalize(&args);
+out_unlock:
 	mmap_read_unlock(mm);
+	if (ret || nomem)
+		unpin_user_page(pinned);
+	KUNIT_ASSERT_EQ(test, ret, 0);
+	KUNIT_ASSERT_EQ_MSG(test, nomem, 0, "no destination page");
 
 	hk_fill_page(pinned, addr + pinned_idx * PAGE_SIZE, 25);
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr + pinned_idx * PAGE_SIZE,
@@ -317,6 +353,7 @@ static void migrate_device_test_device_pfns(struct kunit *test)
 	unsigned long src[HK_MIG_NPAGES], dst[HK_MIG_NPAGES];
 	struct hk_notifier *hn;
 	unsigned long addr, i;
+	int nomem = 0;
 
 	addr = hk_map(test, HK_MIG_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
 	hn = hk_notifier_add(test, addr, HK_MIG_NPAGES * PAGE_SIZE);
@@ -332,12 +369,17 @@ static void migrate_device_test_device_pfns(struct kunit *test)
 		dst[i] = 0;
 		if (!migrate_pfn_to_page(src[i]))
 			continue;
-		dst[i] = hk_dst_alloc(test);
+		dst[i] = hk_dst_alloc();
+		if (!dst[i]) {
+			nomem++;
+			continue;
+		}
 		copy_highpage(migrate_pfn_to_page(dst[i]),
 			      migrate_pfn_to_page(src[i]));
 	}
 	migrate_device_pages(src, dst, HK_MIG_NPAGES);
 	migrate_device_finalize(src, dst, HK_MIG_NPAGES);
+	KUNIT_ASSERT_EQ_MSG(test, nomem, 0, "no destination page");
 
 	KUNIT_EXPECT_EQ(test, hk_user_check(addr, HK_MIG_NPAGES * PAGE_SIZE, 26), 0);
 	hk_expect_mapped(test, hn, addr, dst);
