@@ -68,7 +68,7 @@ static void hmm_devlock_test_charge_limit(struct kunit *test)
 	const struct cred *old;
 	s64 base;
 
-	hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	/* The suite's .init mapped memory: the case has its own mm. */
 	mm = current->mm;
 	KUNIT_ASSERT_NOT_NULL(test, mm);
 	base = atomic64_read(&mm->pinned_vm);
@@ -95,7 +95,8 @@ static void hmm_devlock_test_charge_limit(struct kunit *test)
 static void hmm_devlock_test_refusals(struct kunit *test)
 {
 	static int owner;
-	unsigned long addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	struct hk_ctx *ctx = test->priv;
+	unsigned long addr = ctx->addr;
 	struct mm_struct *mm = current->mm;
 	struct page *page;
 	long pinned;
@@ -201,8 +202,14 @@ static struct kunit_case hmm_devlock_test_cases[] = {
 	{}
 };
 
+static int hmm_devlock_test_init(struct kunit *test)
+{
+	return hk_ctx_init(test, HK_SIZE, false);
+}
+
 static struct kunit_suite hmm_devlock_test_suite = {
 	.name = "hmm_devlock",
+	.init = hmm_devlock_test_init,
 	.test_cases = hmm_devlock_test_cases,
 };
 

@@ -173,6 +173,7 @@ static void hk_dma_view_fill(void *va, unsigned long uaddr, u64 tag)
  */
 static void hmm_dma_test_map_read_write(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	struct device *dev = hk_dma_device(test);
 	unsigned long addr, i;
 	struct hmm_range range;
@@ -183,7 +184,7 @@ static void hmm_dma_test_map_read_write(struct kunit *test)
 
 	pfns = kunit_kcalloc(test, HK_NPAGES, sizeof(*pfns), GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, pfns);
-	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	addr = ctx->addr;
 	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 21), 0);
 	hd = hk_dma_mirror_add(test, dev, addr, HK_NPAGES, NULL);
 
@@ -271,6 +272,7 @@ out_unlock:
  */
 static void hmm_dma_test_invalidate(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	struct device *dev = hk_dma_device(test);
 	unsigned long addr, i, inval;
 	struct hmm_range range;
@@ -281,7 +283,7 @@ static void hmm_dma_test_invalidate(struct kunit *test)
 
 	pfns = kunit_kcalloc(test, HK_NPAGES, sizeof(*pfns), GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, pfns);
-	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	addr = ctx->addr;
 	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 25), 0);
 	hd = hk_dma_mirror_add(test, dev, addr, HK_NPAGES, NULL);
 
@@ -676,8 +678,15 @@ static struct kunit_case hmm_dma_test_cases[] = {
 	{}
 };
 
+/* The mirrors are the notifiers here: hk_dma_mirror_add() registers them. */
+static int hmm_dma_test_init(struct kunit *test)
+{
+	return hk_ctx_init(test, HK_SIZE, false);
+}
+
 static struct kunit_suite hmm_dma_test_suite = {
 	.name = "hmm_dma",
+	.init = hmm_dma_test_init,
 	.test_cases = hmm_dma_test_cases,
 };
 

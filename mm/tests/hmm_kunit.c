@@ -50,14 +50,15 @@
 /* A range nobody touched reads as all-zero entries and stays unpopulated. */
 static void hmm_test_snapshot_unpopulated(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long pfns[HK_NPAGES], addr;
 	struct hmm_range range;
 	struct hk_notifier *hn;
 	int pass, i;
 	bool ok = true;
 
-	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
-	hn = hk_notifier_add(test, addr, HK_SIZE);
+	addr = ctx->addr;
+	hn = ctx->hn;
 
 	for (pass = 0; pass < 2; pass++) {
 		memset(pfns, 0xff, sizeof(pfns));
@@ -96,14 +97,15 @@ static void hmm_test_snapshot_unpopulated(struct kunit *test)
  */
 static void hmm_test_fault_read_zero_page(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long pfns[HK_NPAGES], addr;
 	struct hmm_range range;
 	struct hk_notifier *hn;
 	int i;
 	bool ok = true;
 
-	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
-	hn = hk_notifier_add(test, addr, HK_SIZE);
+	addr = ctx->addr;
+	hn = ctx->hn;
 
 	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
@@ -147,14 +149,15 @@ static void hmm_test_fault_read_zero_page(struct kunit *test)
 /* Write fault of fresh memory, device -> CPU and CPU -> device data. */
 static void hmm_test_fault_write_data(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long pfns[HK_NPAGES], addr;
 	struct hmm_range range;
 	struct hk_notifier *hn;
 	int i;
 	bool ok = true;
 
-	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
-	hn = hk_notifier_add(test, addr, HK_SIZE);
+	addr = ctx->addr;
+	hn = ctx->hn;
 
 	hk_range_init(&range, pfns, addr, HK_NPAGES,
 		      HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE);
@@ -196,13 +199,14 @@ static void hmm_test_fault_write_data(struct kunit *test)
  */
 static void hmm_test_per_page_request(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long pfns[HK_NPAGES], addr;
 	struct hmm_range range;
 	struct hk_notifier *hn;
 	int i;
 
-	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
-	hn = hk_notifier_add(test, addr, HK_SIZE);
+	addr = ctx->addr;
+	hn = ctx->hn;
 
 	hk_range_init(&range, pfns, addr, HK_NPAGES, 0);
 	range.pfn_flags_mask = HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE;
@@ -774,14 +778,15 @@ static void hmm_test_device_private_readonly(struct kunit *test)
 /* Addresses without a VMA: errors in a snapshot, -EFAULT when faulting. */
 static void hmm_test_no_vma(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long pfns[HK_NPAGES], addr;
 	struct hmm_range range;
 	struct hk_notifier *hn;
 	int i;
 	bool ok = true;
 
-	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
-	hn = hk_notifier_add(test, addr, HK_SIZE);
+	addr = ctx->addr;
+	hn = ctx->hn;
 	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 6), 0);
 	KUNIT_ASSERT_EQ(test, vm_munmap(addr + 4 * PAGE_SIZE, 8 * PAGE_SIZE),
 			0);
@@ -905,6 +910,7 @@ static void hmm_test_pfnmap_refused(struct kunit *test)
 /* Malformed requests get -EINVAL, not a warning or an oops. */
 static void hmm_test_bad_ranges(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long pfns[HK_NPAGES], addr, top;
 	struct hmm_range range;
 	struct hk_notifier *hn, *whole;
@@ -921,9 +927,9 @@ static void hmm_test_bad_ranges(struct kunit *test)
 		{ "outside notifier", 0, (HK_NPAGES + 1) * PAGE_SIZE },
 	};
 
-	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	addr = ctx->addr;
 	mm = current->mm;
-	hn = hk_notifier_add(test, addr, HK_SIZE);
+	hn = ctx->hn;
 
 	for (i = 0; i < ARRAY_SIZE(cases); i++) {
 		hk_range_init(&range, pfns, 0, 0, HMM_PFN_REQ_FAULT);
@@ -972,15 +978,16 @@ static void hmm_test_bad_ranges(struct kunit *test)
  */
 static void hmm_test_invalidate_ebusy(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long pfns[HK_NPAGES / 2], addr;
 	struct hmm_range range;
 	struct hk_notifier *hn;
 	struct mm_struct *mm;
 	int before, i;
 
-	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	addr = ctx->addr;
 	mm = current->mm;
-	hn = hk_notifier_add(test, addr, HK_SIZE);
+	hn = ctx->hn;
 	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 10), 0);
 
 	hk_range_init(&range, pfns, addr, HK_NPAGES / 2, HMM_PFN_REQ_FAULT);
@@ -1458,6 +1465,7 @@ static int hk_nonblock_invalidate(struct mm_struct *mm, unsigned long start,
  */
 static void hmm_test_nonblock_interval(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long pfns[HK_NPAGES], addr;
 	struct hk_lock_holder holder;
 	struct hmm_range range;
@@ -1466,9 +1474,9 @@ static void hmm_test_nonblock_interval(struct kunit *test)
 	int i, inval;
 	bool ok = true;
 
-	addr = hk_map(test, HK_SIZE, PROT_READ | PROT_WRITE);
+	addr = ctx->addr;
 	mm = current->mm;
-	hn = hk_notifier_add(test, addr, HK_SIZE);
+	hn = ctx->hn;
 	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_SIZE, 40), 0);
 	hk_range_init(&range, pfns, addr, HK_NPAGES, HMM_PFN_REQ_FAULT);
 	KUNIT_ASSERT_EQ(test, hk_fault(hn, &range), 0);
@@ -1588,8 +1596,15 @@ static struct kunit_case hmm_test_cases[] = {
 	{}
 };
 
+static int hmm_test_init(struct kunit *test)
+{
+	return hk_ctx_init(test, HK_SIZE, true);
+}
+
 static struct kunit_suite hmm_test_suite = {
 	.name = "hmm",
+	.init = hmm_test_init,
+	.exit = hk_ctx_exit,
 	.test_cases = hmm_test_cases,
 };
 
@@ -1830,12 +1845,9 @@ static void hmm_fuzz_test_range_fault(struct kunit *test)
 	struct hmm_range r;
 	int it, first, n, i, expect, ret, ok = 0, bad = 0;
 
-	l = kunit_kzalloc(test, sizeof(*l), GFP_KERNEL);
-	KUNIT_ASSERT_NOT_NULL(test, l);
+	l = test->priv;
 	in = l->in;
 	out = l->out;
-	hk_fuzz_seed(test, l);
-	hk_fuzz_layout_map(test, l);
 	layout_hn = hk_notifier_add(test, l->base, HK_FUZZ_PAGES * PAGE_SIZE);
 	whole = hk_notifier_add(test, 0, ULONG_MAX);
 
@@ -1919,12 +1931,9 @@ static void hmm_fuzz_test_mirror_calls(struct kunit *test)
 	struct hmm_range r;
 	int it, i, m, first, n, ret, expect, calls[4] = { 0 };
 
-	l = kunit_kzalloc(test, sizeof(*l), GFP_KERNEL);
-	KUNIT_ASSERT_NOT_NULL(test, l);
+	l = test->priv;
 	in = l->in;
 	out = l->out;
-	hk_fuzz_seed(test, l);
-	hk_fuzz_layout_map(test, l);
 	for (m = 0; m < ARRAY_SIZE(hm); m++) {
 		hm[m] = kzalloc(sizeof(*hm[m]), GFP_KERNEL);
 		KUNIT_ASSERT_NOT_NULL(test, hm[m]);
@@ -2014,8 +2023,21 @@ static struct kunit_case hmm_fuzz_test_cases[] = {
 	{}
 };
 
+/* A new seed and a fresh layout of known pages for each case. */
+static int hmm_fuzz_test_init(struct kunit *test)
+{
+	struct hk_fuzz_layout *l = kunit_kzalloc(test, sizeof(*l), GFP_KERNEL);
+
+	KUNIT_ASSERT_NOT_NULL(test, l);
+	hk_fuzz_seed(test, l);
+	hk_fuzz_layout_map(test, l);
+	test->priv = l;
+	return 0;
+}
+
 static struct kunit_suite hmm_fuzz_test_suite = {
 	.name = "hmm_fuzz",
+	.init = hmm_fuzz_test_init,
 	.test_cases = hmm_fuzz_test_cases,
 };
 

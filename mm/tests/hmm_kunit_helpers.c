@@ -353,6 +353,53 @@ bool hk_expect_entry(struct kunit *test, unsigned long entry,
 }
 EXPORT_SYMBOL_IF_KUNIT(hk_expect_entry);
 
+/**
+ * hk_ctx_init() - Set up what most cases of a suite start from.
+ * @test: the case about to run.
+ * @size: length of the anonymous read-write mapping to create.
+ * @notifier: whether to register an hk_notifier over it.
+ *
+ * The body of a suite's .init, as usercopy_test_init() does for
+ * lib/usercopy_kunit.c: the mapping and the notifier go to a struct
+ * hk_ctx in test->priv, and away with the case (the notifier through
+ * its KUnit action, the mapping with the case's mm).
+ *
+ * Context: Process context of the test thread; asserts on failure.
+ * Return: 0.
+ */
+int hk_ctx_init(struct kunit *test, unsigned long size, bool notifier)
+{
+	struct hk_ctx *ctx = kunit_kzalloc(test, sizeof(*ctx), GFP_KERNEL);
+
+	KUNIT_ASSERT_NOT_NULL(test, ctx);
+	ctx->size = size;
+	ctx->addr = hk_map(test, size, PROT_READ | PROT_WRITE);
+	if (notifier)
+		ctx->hn = hk_notifier_add(test, ctx->addr, size);
+	test->priv = ctx;
+	return 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(hk_ctx_init);
+
+/**
+ * hk_ctx_exit() - Check how a case left what hk_ctx_init() set up.
+ * @test: the case that ran.
+ *
+ * A case that returned with the notifier lock held would make the
+ * cleanup's munmap wait for it forever: say so before that happens.
+ *
+ * Context: Process context (the KUnit cleanup).
+ */
+void hk_ctx_exit(struct kunit *test)
+{
+	struct hk_ctx *ctx = test->priv;
+
+	if (ctx && ctx->hn)
+		KUNIT_EXPECT_FALSE_MSG(test, mutex_is_locked(&ctx->hn->lock),
+				       "case returned holding the notifier lock");
+}
+EXPORT_SYMBOL_IF_KUNIT(hk_ctx_exit);
+
 #if IS_BUILTIN(CONFIG_HMM_KUNIT_TEST)
 /**
  * hk_madvise_hugepage() - Ask for THPs in a VMA, as MADV_HUGEPAGE does.

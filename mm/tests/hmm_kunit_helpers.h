@@ -34,6 +34,18 @@ struct hk_notifier {
 	atomic_t			invalidations;
 };
 
+/**
+ * struct hk_ctx - What a suite's .init leaves in test->priv for a case.
+ * @addr: an anonymous read-write mapping of @size bytes.
+ * @size: its length.
+ * @hn: an hk_notifier over it, or NULL if the suite needs none.
+ */
+struct hk_ctx {
+	unsigned long		addr;
+	unsigned long		size;
+	struct hk_notifier	*hn;
+};
+
 u64 hk_pattern(unsigned long addr, unsigned int word, u64 tag);
 void hk_fill_page(struct page *page, unsigned long addr, u64 tag);
 bool hk_check_page(struct page *page, unsigned long addr, u64 tag);
@@ -50,6 +62,8 @@ void hk_range_init(struct hmm_range *range, unsigned long *pfns,
 		   unsigned long default_flags);
 bool hk_expect_entry(struct kunit *test, unsigned long entry,
 		     unsigned long mask, unsigned long want, unsigned long i);
+int hk_ctx_init(struct kunit *test, unsigned long size, bool notifier);
+void hk_ctx_exit(struct kunit *test);
 int hk_madvise_hugepage(struct mm_struct *mm, unsigned long addr);
 int hk_migrate_setup(struct migrate_vma *args, unsigned long addr,
 		     unsigned long *src, unsigned long *dst);

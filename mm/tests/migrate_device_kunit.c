@@ -93,12 +93,13 @@ static void hk_expect_mapped(struct kunit *test, struct hk_notifier *hn,
 /* Bad arguments are refused before anything is touched. */
 static void migrate_device_test_bad_args(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long src[HK_MIG_NPAGES], dst[HK_MIG_NPAGES], addr;
 	struct page *sys_page;
 	struct migrate_vma args;
 	struct mm_struct *mm;
 
-	addr = hk_map(test, HK_MIG_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	addr = ctx->addr;
 	mm = current->mm;
 	sys_page = alloc_page(GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, sys_page);
@@ -141,6 +142,7 @@ static void migrate_device_test_bad_args(struct kunit *test)
  */
 static void migrate_device_test_system_round_trip(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long src[HK_MIG_NPAGES], dst[HK_MIG_NPAGES];
 	const unsigned long written = 4, zero = 2;
 	struct migrate_vma args;
@@ -150,9 +152,9 @@ static void migrate_device_test_system_round_trip(struct kunit *test)
 	int ret, nomem = 0;
 	u64 word;
 
-	addr = hk_map(test, HK_MIG_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	addr = ctx->addr;
 	mm = current->mm;
-	hn = hk_notifier_add(test, addr, HK_MIG_NPAGES * PAGE_SIZE);
+	hn = ctx->hn;
 	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, written * PAGE_SIZE, 21), 0);
 	for (i = written; i < written + zero; i++) {
 		KUNIT_ASSERT_EQ(test, get_user(word, (u64 __user *)
@@ -204,6 +206,7 @@ out_unlock:
  */
 static void migrate_device_test_restore_without_dst(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long src[HK_MIG_NPAGES], dst[HK_MIG_NPAGES];
 	unsigned long before[HK_MIG_NPAGES], after[HK_MIG_NPAGES];
 	const unsigned long written = 6;
@@ -213,9 +216,9 @@ static void migrate_device_test_restore_without_dst(struct kunit *test)
 	unsigned long addr, i;
 	int ret;
 
-	addr = hk_map(test, HK_MIG_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	addr = ctx->addr;
 	mm = current->mm;
-	hn = hk_notifier_add(test, addr, HK_MIG_NPAGES * PAGE_SIZE);
+	hn = ctx->hn;
 	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, written * PAGE_SIZE, 23), 0);
 	hk_snapshot(test, hn, addr, HK_MIG_NPAGES, before);
 
@@ -246,6 +249,7 @@ out_unlock:
  */
 static void migrate_device_test_zero_page_kept_without_dst(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long src[HK_MIG_NPAGES], dst[HK_MIG_NPAGES], now[HK_MIG_NPAGES];
 	struct migrate_vma args;
 	struct hk_notifier *hn;
@@ -254,9 +258,9 @@ static void migrate_device_test_zero_page_kept_without_dst(struct kunit *test)
 	u64 word;
 	int ret;
 
-	addr = hk_map(test, HK_MIG_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	addr = ctx->addr;
 	mm = current->mm;
-	hn = hk_notifier_add(test, addr, HK_MIG_NPAGES * PAGE_SIZE);
+	hn = ctx->hn;
 	for (i = 0; i < HK_MIG_NPAGES; i++)
 		KUNIT_ASSERT_EQ(test, get_user(word, (u64 __user *)
 					       (addr + i * PAGE_SIZE)), 0);
@@ -287,6 +291,7 @@ out_unlock:
  */
 static void migrate_device_test_pinned_page_stays(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long src[HK_MIG_NPAGES], dst[HK_MIG_NPAGES], now[HK_MIG_NPAGES];
 	const unsigned long pinned_idx = 3;
 	struct migrate_vma args;
@@ -296,9 +301,9 @@ static void migrate_device_test_pinned_page_stays(struct kunit *test)
 	unsigned long addr, i;
 	int ret, nomem = 0;
 
-	addr = hk_map(test, HK_MIG_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
+	addr = ctx->addr;
 	mm = current->mm;
-	hn = hk_notifier_add(test, addr, HK_MIG_NPAGES * PAGE_SIZE);
+	hn = ctx->hn;
 	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_MIG_NPAGES * PAGE_SIZE, 24), 0);
 	KUNIT_ASSERT_EQ(test, pin_user_pages_fast(addr + pinned_idx * PAGE_SIZE,
 						  1, FOLL_WRITE, &pinned), 1);
@@ -350,13 +355,14 @@ out_unlock:
  */
 static void migrate_device_test_device_pfns(struct kunit *test)
 {
+	struct hk_ctx *ctx = test->priv;
 	unsigned long src[HK_MIG_NPAGES], dst[HK_MIG_NPAGES];
 	struct hk_notifier *hn;
 	unsigned long addr, i;
 	int nomem = 0;
 
-	addr = hk_map(test, HK_MIG_NPAGES * PAGE_SIZE, PROT_READ | PROT_WRITE);
-	hn = hk_notifier_add(test, addr, HK_MIG_NPAGES * PAGE_SIZE);
+	addr = ctx->addr;
+	hn = ctx->hn;
 	KUNIT_ASSERT_EQ(test, hk_user_fill(addr, HK_MIG_NPAGES * PAGE_SIZE, 26), 0);
 	hk_snapshot(test, hn, addr, HK_MIG_NPAGES, src);
 	for (i = 0; i < HK_MIG_NPAGES; i++)
@@ -560,8 +566,15 @@ static struct kunit_case migrate_device_test_cases[] = {
 	{}
 };
 
+static int migrate_device_test_init(struct kunit *test)
+{
+	return hk_ctx_init(test, HK_MIG_NPAGES * PAGE_SIZE, true);
+}
+
 static struct kunit_suite migrate_device_test_suite = {
 	.name = "migrate_device",
+	.init = migrate_device_test_init,
+	.exit = hk_ctx_exit,
 	.test_cases = migrate_device_test_cases,
 };
 
