@@ -907,7 +907,52 @@ static void hmm_test_pfnmap_refused(struct kunit *test)
 	__free_page(page);
 }
 
-/* Malformed requests get -EINVAL, not a warning or an oops. */
+/* A malformed range of the test's mapping: what, start and end offsets. */
+struct hk_bad_range {
+	const char	*what;
+	unsigned long	start, end;
+};
+
+static const struct hk_bad_range hk_bad_ranges[] = {
+	{ "start > end", 4 * PAGE_SIZE, 2 * PAGE_SIZE },
+	{ "empty", 2 * PAGE_SIZE, 2 * PAGE_SIZE },
+	{ "unaligned start", 1, 2 * PAGE_SIZE },
+	{ "unaligned end", 0, PAGE_SIZE + 8 },
+	{ "outside notifier", 0, (HK_NPAGES + 1) * PAGE_SIZE },
+};
+
+static void hk_bad_range_desc(const struct hk_bad_range *r, char *desc)
+{
+	strscpy(desc, r->what, KUNIT_PARAM_DESC_SIZE);
+}
+
+KUNIT_ARRAY_PARAM(hk_bad_range, hk_bad_ranges, hk_bad_range_desc);
+
+/* Each malformed range gets -EINVAL, not a warning or an oops. */
+static void hmm_test_bad_range(struct kunit *test)
+{
+	const struct hk_bad_range *r = test->param_value;
+	struct hk_ctx *ctx = test->priv;
+	struct mm_struct *mm = current->mm;
+	unsigned long pfns[HK_NPAGES];
+	struct hmm_range range;
+	int ret;
+
+	hk_range_init(&range, pfns, 0, 0, HMM_PFN_REQ_FAULT);
+	range.start = ctx->addr + r->start;
+	range.end = ctx->addr + r->end;
+	range.notifier = &ctx->hn->notifier;
+	range.notifier_seq = mmu_interval_read_begin(&ctx->hn->notifier);
+	mmap_read_lock(mm);
+	ret = hmm_range_fault(&range);
+	mmap_read_unlock(mm);
+	KUNIT_EXPECT_EQ_MSG(test, ret, -EINVAL, "%s", r->what);
+}
+
+/*
+ * Ranges beyond TASK_SIZE or wrapping around, and requests without a
+ * notifier or pfn array, get -EINVAL too.
+ */
 static void hmm_test_bad_ranges(struct kunit *test)
 {
 	struct hk_ctx *ctx = test->priv;
@@ -915,33 +960,10 @@ static void hmm_test_bad_ranges(struct kunit *test)
 	struct hmm_range range;
 	struct hk_notifier *hn, *whole;
 	struct mm_struct *mm;
-	int i;
-	const struct {
-		const char *what;
-		unsigned long start, end;
-	} cases[] = {
-		{ "start > end", 4 * PAGE_SIZE, 2 * PAGE_SIZE },
-		{ "empty", 2 * PAGE_SIZE, 2 * PAGE_SIZE },
-		{ "unaligned start", 1, 2 * PAGE_SIZE },
-		{ "unaligned end", 0, PAGE_SIZE + 8 },
-		{ "outside notifier", 0, (HK_NPAGES + 1) * PAGE_SIZE },
-	};
 
 	addr = ctx->addr;
 	mm = current->mm;
 	hn = ctx->hn;
-
-	for (i = 0; i < ARRAY_SIZE(cases); i++) {
-		hk_range_init(&range, pfns, 0, 0, HMM_PFN_REQ_FAULT);
-		range.start = addr + cases[i].start;
-		range.end = addr + cases[i].end;
-		range.notifier = &hn->notifier;
-		range.notifier_seq = mmu_interval_read_begin(&hn->notifier);
-		mmap_read_lock(mm);
-		KUNIT_EXPECT_EQ_MSG(test, hmm_range_fault(&range), -EINVAL,
-				    "%s", cases[i].what);
-		mmap_read_unlock(mm);
-	}
 
 	/* Beyond TASK_SIZE and wrapping around, with a notifier that spans. */
 	whole = hk_notifier_add(test, 0, ULONG_MAX);
@@ -1585,6 +1607,7 @@ static struct kunit_case hmm_test_cases[] = {
 	KUNIT_CASE(hmm_test_device_private_readonly),
 	KUNIT_CASE(hmm_test_no_vma),
 	KUNIT_CASE(hmm_test_pfnmap_refused),
+	KUNIT_CASE_PARAM(hmm_test_bad_range, hk_bad_range_gen_params),
 	KUNIT_CASE(hmm_test_bad_ranges),
 	KUNIT_CASE(hmm_test_invalidate_ebusy),
 	KUNIT_CASE(hmm_test_mirror_lifecycle),
