@@ -6,41 +6,15 @@
  * real device-private pages by the hmm-tests selftests.
  */
 
-#include <kunit/device.h>
 #include <kunit/test.h>
-#include <linux/anon_inodes.h>
-#include <linux/completion.h>
 #include <linux/cred.h>
-#include <linux/delay.h>
-#include <linux/dma-direct.h>
-#include <linux/dma-map-ops.h>
-#include <linux/dma-mapping.h>
-#include <linux/falloc.h>
-#include <linux/file.h>
-#include <linux/highmem.h>
 #include <linux/hmm.h>
-#include <linux/hmm-dma.h>
-#include <linux/huge_mm.h>
-#include <linux/hugetlb.h>
-#include <linux/ioport.h>
-#include <linux/kthread.h>
-#include <linux/memremap.h>
-#include <linux/migrate.h>
 #include <linux/mm.h>
 #include <linux/mman.h>
-#include <linux/mmu_context.h>
 #include <linux/mmu_notifier.h>
-#include <linux/moduleparam.h>
 #include <linux/mutex.h>
-#include <linux/prandom.h>
-#include <linux/random.h>
 #include <linux/sched/mm.h>
-#include <linux/shmem_fs.h>
-#include <linux/slab.h>
-#include <linux/swapops.h>
-#include <linux/swiotlb.h>
 #include <linux/uaccess.h>
-#include <asm/tlbflush.h>
 
 #include "hmm_kunit_helpers.h"
 

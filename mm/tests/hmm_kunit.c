@@ -9,19 +9,13 @@
  * pattern written through the user mapping is read back through the pfns
  * HMM returned (kmap_local_page()), and the other way round.
  */
-#include <kunit/device.h>
 #include <kunit/test.h>
 #include <linux/anon_inodes.h>
 #include <linux/completion.h>
 #include <linux/delay.h>
-#include <linux/dma-direct.h>
-#include <linux/dma-map-ops.h>
-#include <linux/dma-mapping.h>
-#include <linux/falloc.h>
 #include <linux/file.h>
 #include <linux/highmem.h>
 #include <linux/hmm.h>
-#include <linux/hmm-dma.h>
 #include <linux/huge_mm.h>
 #include <linux/hugetlb.h>
 #include <linux/ioport.h>
@@ -37,10 +31,8 @@
 #include <linux/prandom.h>
 #include <linux/random.h>
 #include <linux/sched/mm.h>
-#include <linux/shmem_fs.h>
 #include <linux/slab.h>
 #include <linux/swapops.h>
-#include <linux/swiotlb.h>
 #include <linux/uaccess.h>
 #include <asm/tlbflush.h>
 
