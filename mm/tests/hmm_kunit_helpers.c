@@ -252,8 +252,11 @@ EXPORT_SYMBOL_IF_KUNIT(hk_notifier_add);
  *
  * Retries -EBUSY, as Documentation/mm/hmm.rst tells drivers to, until
  * the snapshot is current under @hn->lock or HK_TIMEOUT_MS have passed.
- * A case must not assert while it holds @hn->lock: the notifier removal
- * at the end of the case would wait for it forever.
+ * A case must not assert while it holds @hn->lock: the case would end
+ * with the lock held and the munmap of its mm would wait for it forever.
+ * Nor should it fail an expectation there: the report allocates, and
+ * reclaim may invalidate, which takes @hn->lock.  Compare plain values
+ * under the lock and check them after dropping it.
  *
  * Context: Process context, mmap lock not held.  On success returns with
  * @hn->lock held; range->hmm_pfns is valid until the caller drops it.
@@ -297,7 +300,7 @@ EXPORT_SYMBOL_IF_KUNIT(hk_fault);
  */
 void hk_range_init(struct hmm_range *range, unsigned long *pfns,
 		   unsigned long start, unsigned long npages,
-			  unsigned long default_flags)
+		   unsigned long default_flags)
 {
 	memset(range, 0, sizeof(*range));
 	range->start = start;
@@ -306,30 +309,6 @@ void hk_range_init(struct hmm_range *range, unsigned long *pfns,
 	range->default_flags = default_flags;
 }
 EXPORT_SYMBOL_IF_KUNIT(hk_range_init);
-
-/**
- * hk_expect_entry() - Expect bits of an hmm_range_fault() entry.
- * @test: the running case.
- * @entry: the entry.
- * @mask: the bits to look at.
- * @want: what they must be.
- * @i: index of the page, for the message.
- *
- * Entries are checked under the notifier lock, where a case must not
- * assert (see hk_fault()): it stops at the first entry this refuses,
- * drops the lock, then asserts on the result.
- *
- * Context: Any context.
- * Return: true if (@entry & @mask) == @want.
- */
-bool hk_expect_entry(struct kunit *test, unsigned long entry,
-		     unsigned long mask, unsigned long want, unsigned long i)
-{
-	KUNIT_EXPECT_EQ_MSG(test, entry & mask, want, "page %lu: entry %#lx",
-			    i, entry);
-	return (entry & mask) == want;
-}
-EXPORT_SYMBOL_IF_KUNIT(hk_expect_entry);
 
 /**
  * hk_ctx_init() - Set up what most cases of a suite start from.

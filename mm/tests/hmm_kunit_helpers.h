@@ -60,8 +60,6 @@ int hk_fault(struct hk_notifier *hn, struct hmm_range *range);
 void hk_range_init(struct hmm_range *range, unsigned long *pfns,
 		   unsigned long start, unsigned long npages,
 		   unsigned long default_flags);
-bool hk_expect_entry(struct kunit *test, unsigned long entry,
-		     unsigned long mask, unsigned long want, unsigned long i);
 int hk_ctx_init(struct kunit *test, unsigned long size, bool notifier);
 void hk_ctx_exit(struct kunit *test);
 int hk_madvise_hugepage(struct mm_struct *mm, unsigned long addr);
