@@ -63,35 +63,35 @@
  * taken through a stale TLB entry is only visible afterwards), so the
  * detached PTEs are kept here until then.
  */
-#define MDEV_BATCH	16
+#define MIGRATE_VMA_BATCH	16
 
-struct mdev_detached {
+struct migrate_vma_detached {
 	pte_t old;		/* the PTE as it was before ptep_get_and_clear() */
 	unsigned long idx;	/* index into migrate_vma.src */
 };
 
-struct mdev_batch {
-	struct mdev_detached ent[MDEV_BATCH];
+struct migrate_vma_batch {
+	struct migrate_vma_detached ent[MIGRATE_VMA_BATCH];
 	unsigned int nr;
 	bool flush;		/* a present PTE was cleared */
 };
 
-static struct folio *mdev_folio(unsigned long mpfn)
+static struct folio *migrate_device_folio(unsigned long mpfn)
 {
 	struct page *page = migrate_pfn_to_page(mpfn);
 
 	return page ? page_folio(page) : NULL;
 }
 
-static unsigned long mdev_index(const struct migrate_vma *args,
-				unsigned long addr)
+static unsigned long migrate_vma_index(const struct migrate_vma *args,
+				       unsigned long addr)
 {
 	return (addr - args->start) >> PAGE_SHIFT;
 }
 
 /* Does the caller's selection cover this page? */
-static bool mdev_page_selected(const struct migrate_vma *args,
-			       struct page *page)
+static bool migrate_vma_page_selected(const struct migrate_vma *args,
+				      struct page *page)
 {
 	if (is_device_private_page(page))
 		return (args->flags & MIGRATE_VMA_SELECT_DEVICE_PRIVATE) &&
@@ -108,19 +108,19 @@ static bool mdev_page_selected(const struct migrate_vma *args,
  * Pages of this vma are in a shmem file's page cache: tmpfs, memfd,
  * shared anonymous memory and SysV shared memory.
  */
-static bool mdev_vma_is_shmem(struct vm_area_struct *vma)
+static bool migrate_vma_is_shmem(struct vm_area_struct *vma)
 {
 	return shmem_file(vma->vm_file);
 }
 
 /* A page cache folio, not an anonymous one (which has ->mapping too). */
-static bool mdev_folio_is_file(struct folio *folio)
+static bool migrate_device_folio_is_file(struct folio *folio)
 {
 	return folio->mapping && !folio_test_anon(folio);
 }
 
 /* A device may write what it got from a shared writable mapping only. */
-static unsigned long mdev_file_write(struct vm_area_struct *vma)
+static unsigned long migrate_vma_file_write(struct vm_area_struct *vma)
 {
 	if ((vma->vm_flags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE))
 		return MIGRATE_PFN_WRITE;
@@ -128,8 +128,8 @@ static unsigned long mdev_file_write(struct vm_area_struct *vma)
 }
 
 /* The folio the page cache entry @entry stands for, if selected. */
-static struct folio *mdev_file_folio(const struct migrate_vma *args,
-				     void *entry)
+static struct folio *migrate_vma_file_folio(const struct migrate_vma *args,
+					    void *entry)
 {
 	struct page *page;
 	swp_entry_t swp;
@@ -137,13 +137,13 @@ static struct folio *mdev_file_folio(const struct migrate_vma *args,
 	if (!entry)
 		return NULL;
 	if (!xa_is_value(entry))
-		return mdev_page_selected(args, &((struct folio *)entry)->page) ?
+		return migrate_vma_page_selected(args, &((struct folio *)entry)->page) ?
 		       entry : NULL;
 	swp = radix_to_swp_entry(entry);
 	if (!is_device_private_entry(swp))
 		return NULL;
 	page = pfn_swap_entry_to_page(swp);
-	return mdev_page_selected(args, page) ? page_folio(page) : NULL;
+	return migrate_vma_page_selected(args, page) ? page_folio(page) : NULL;
 }
 
 /*
@@ -151,14 +151,14 @@ static struct folio *mdev_file_folio(const struct migrate_vma *args,
  * and locked, if it is still there once locked. Only small folios move,
  * and only uptodate ones: a fallocated folio has not been cleared yet.
  */
-static struct folio *mdev_file_grab(const struct migrate_vma *args,
-				    struct address_space *mapping,
+static struct folio *migrate_vma_file_grab(const struct migrate_vma *args,
+					   struct address_space *mapping,
 				    pgoff_t index, void *entry)
 {
 	struct folio *folio;
 
 	rcu_read_lock();
-	folio = mdev_file_folio(args, entry);
+	folio = migrate_vma_file_folio(args, entry);
 	if (folio && !folio_try_get(folio))
 		folio = NULL;
 	rcu_read_unlock();
@@ -183,20 +183,20 @@ put:
  * A slot of a shmem mapping with nothing mapped: the page cache may still
  * hold a folio, or the entry of a page in device-private memory.
  */
-static void mdev_collect_file(struct migrate_vma *args, unsigned long addr)
+static void migrate_vma_collect_file(struct migrate_vma *args, unsigned long addr)
 {
 	struct vm_area_struct *vma = args->vma;
 	struct address_space *mapping = vma->vm_file->f_mapping;
 	pgoff_t index = linear_page_index(vma, addr);
 	struct folio *folio;
 
-	folio = mdev_file_grab(args, mapping, index,
-			       xa_load(&mapping->i_pages, index));
+	folio = migrate_vma_file_grab(args, mapping, index,
+				      xa_load(&mapping->i_pages, index));
 	if (!folio)
 		return;
-	args->src[mdev_index(args, addr)] = migrate_pfn(folio_pfn(folio)) |
+	args->src[migrate_vma_index(args, addr)] = migrate_pfn(folio_pfn(folio)) |
 					   MIGRATE_PFN_MIGRATE |
-					   mdev_file_write(vma);
+					   migrate_vma_file_write(vma);
 	args->cpages++;
 }
 
@@ -204,26 +204,26 @@ static void mdev_collect_file(struct migrate_vma *args, unsigned long addr)
  * Nothing mapped at @addr: anonymous mappings let the driver populate the
  * slot, shmem mappings look at their page cache.
  */
-static void mdev_collect_empty(struct migrate_vma *args, unsigned long addr)
+static void migrate_vma_collect_empty(struct migrate_vma *args, unsigned long addr)
 {
-	if (mdev_vma_is_shmem(args->vma)) {
-		mdev_collect_file(args, addr);
+	if (migrate_vma_is_shmem(args->vma)) {
+		migrate_vma_collect_file(args, addr);
 		return;
 	}
 	if (!vma_is_anonymous(args->vma))
 		return;
-	args->src[mdev_index(args, addr)] = MIGRATE_PFN_MIGRATE;
+	args->src[migrate_vma_index(args, addr)] = MIGRATE_PFN_MIGRATE;
 	args->cpages++;
 }
 
-static int mdev_collect_hole(unsigned long start, unsigned long end,
-			     __always_unused int depth, struct mm_walk *walk)
+static int migrate_vma_collect_hole(unsigned long start, unsigned long end,
+				    __always_unused int depth, struct mm_walk *walk)
 {
 	struct migrate_vma *args = walk->private;
 	unsigned long addr;
 
 	for (addr = start; addr < end; addr += PAGE_SIZE)
-		mdev_collect_empty(args, addr);
+		migrate_vma_collect_empty(args, addr);
 	return 0;
 }
 
@@ -232,7 +232,7 @@ static int mdev_collect_hole(unsigned long start, unsigned long end,
  * device-private entry of @page, keeping what the PTE knew about the
  * page: writability, exclusivity, young/dirty, soft-dirty and uffd-wp.
  */
-static pte_t mdev_migration_pte(struct page *page, pte_t old, bool exclusive)
+static pte_t migrate_vma_migration_pte(struct page *page, pte_t old, bool exclusive)
 {
 	bool write, young = false, dirty = false, soft_dirty, uffd_wp;
 	pgoff_t pfn = page_to_pfn(page);
@@ -276,9 +276,9 @@ static pte_t mdev_migration_pte(struct page *page, pte_t old, bool exclusive)
  * the old PTE goes back), then leave a migration entry in the PTE and drop
  * the mapping's rmap and reference. The collection reference stays.
  */
-static void mdev_install_migration_entry(struct migrate_vma *args,
-					 pte_t *ptep, unsigned long addr,
-					 const struct mdev_detached *d)
+static void migrate_vma_install_entry(struct migrate_vma *args,
+				      pte_t *ptep, unsigned long addr,
+					 const struct migrate_vma_detached *d)
 {
 	struct vm_area_struct *vma = args->vma;
 	struct page *page = migrate_pfn_to_page(args->src[d->idx]);
@@ -297,7 +297,7 @@ static void mdev_install_migration_entry(struct migrate_vma *args,
 	if (pte_present(d->old) && pte_dirty(d->old))
 		folio_mark_dirty(folio);
 	set_pte_at(vma->vm_mm, addr, ptep,
-		   mdev_migration_pte(page, d->old, exclusive));
+		   migrate_vma_migration_pte(page, d->old, exclusive));
 	folio_remove_rmap_pte(folio, page, vma);
 	folio_put(folio);
 }
@@ -306,7 +306,7 @@ static void mdev_install_migration_entry(struct migrate_vma *args,
  * Look at one PTE under the page-table lock. Empty slots and the shared
  * zero page become empty entries, or page cache lookups in a shmem
  * mapping. The zero page holds no data, but its PTE stays until
- * mdev_insert_page() replaces it: a slot that does not migrate keeps its
+ * migrate_vma_insert_page() replaces it: a slot that does not migrate keeps its
  * mapping and the PTE's soft-dirty and uffd-wp bits, and a userfaultfd
  * MISSING range gets no event for an address userspace already filled.
  * A selected small anonymous folio is referenced, locked and its PTE
@@ -314,19 +314,19 @@ static void mdev_install_migration_entry(struct migrate_vma *args,
  * Returns false, with a reference on *@large, when a large folio must be
  * split before collection can go on at @addr.
  */
-static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
-			    unsigned long addr, struct mdev_batch *batch,
+static bool migrate_vma_detach_pte(struct migrate_vma *args, pte_t *ptep,
+				   unsigned long addr, struct migrate_vma_batch *batch,
 			    struct folio *unsplittable, struct folio **large)
 {
 	struct vm_area_struct *vma = args->vma;
-	unsigned long idx = mdev_index(args, addr);
+	unsigned long idx = migrate_vma_index(args, addr);
 	pte_t pte = ptep_get(ptep);
 	struct folio *folio;
 	struct page *page;
 	bool write;
 
 	if (pte_none(pte)) {
-		mdev_collect_empty(args, addr);
+		migrate_vma_collect_empty(args, addr);
 		return true;
 	}
 
@@ -334,7 +334,7 @@ static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 		if (is_zero_pfn(pte_pfn(pte))) {
 			if ((args->flags & MIGRATE_VMA_SELECT_SYSTEM) &&
 			    vma_is_anonymous(vma))
-				mdev_collect_empty(args, addr);
+				migrate_vma_collect_empty(args, addr);
 			return true;
 		}
 		page = vm_normal_page(vma, addr, pte);
@@ -347,14 +347,14 @@ static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 		page = pfn_swap_entry_to_page(entry);
 		write = is_writable_device_private_entry(entry);
 	}
-	if (!page || !mdev_page_selected(args, page))
+	if (!page || !migrate_vma_page_selected(args, page))
 		return true;
 
 	folio = page_folio(page);
 	if (!folio_test_anon(folio)) {
 		/* Unmapped later, with the folio's other mappings. */
-		if (mdev_vma_is_shmem(vma))
-			mdev_collect_file(args, addr);
+		if (migrate_vma_is_shmem(vma))
+			migrate_vma_collect_file(args, addr);
 		return true;
 	}
 	if (folio_test_ksm(folio))
@@ -388,19 +388,19 @@ static bool mdev_detach_pte(struct migrate_vma *args, pte_t *ptep,
 }
 
 /*
- * Collect up to MDEV_BATCH pages of one page table starting at @addr,
+ * Collect up to MIGRATE_VMA_BATCH pages of one page table starting at @addr,
  * with one TLB flush for all of them. Returns where to continue. If the
  * page table went away under us the rest of the PMD is left alone:
  * entries already collected must never be looked at twice.
  */
-static unsigned long mdev_collect_batch(struct migrate_vma *args,
-					pmd_t *pmdp, unsigned long addr,
+static unsigned long migrate_vma_collect_batch(struct migrate_vma *args,
+					       pmd_t *pmdp, unsigned long addr,
 					unsigned long end,
 					struct folio *unsplittable,
 					struct folio **large)
 {
 	struct vm_area_struct *vma = args->vma;
-	struct mdev_batch batch = { .nr = 0, .flush = false };
+	struct migrate_vma_batch batch = { .nr = 0, .flush = false };
 	unsigned long first = addr;
 	pte_t *base, *ptep;
 	spinlock_t *ptl;	/* the page table lock */
@@ -411,10 +411,10 @@ static unsigned long mdev_collect_batch(struct migrate_vma *args,
 		return end;
 
 	arch_enter_lazy_mmu_mode();
-	for (ptep = base; addr < end && batch.nr < MDEV_BATCH;
+	for (ptep = base; addr < end && batch.nr < MIGRATE_VMA_BATCH;
 	     addr += PAGE_SIZE, ptep++) {
-		if (!mdev_detach_pte(args, ptep, addr, &batch, unsplittable,
-				     large))
+		if (!migrate_vma_detach_pte(args, ptep, addr, &batch, unsplittable,
+					    large))
 			break;
 	}
 	arch_leave_lazy_mmu_mode();
@@ -424,8 +424,8 @@ static unsigned long mdev_collect_batch(struct migrate_vma *args,
 	for (i = 0; i < batch.nr; i++) {
 		unsigned long a = args->start + (batch.ent[i].idx << PAGE_SHIFT);
 
-		mdev_install_migration_entry(args,
-					     base + ((a - first) >> PAGE_SHIFT),
+		migrate_vma_install_entry(args,
+					  base + ((a - first) >> PAGE_SHIFT),
 					     a, &batch.ent[i]);
 	}
 	pte_unmap_unlock(base, ptl);
@@ -433,7 +433,7 @@ static unsigned long mdev_collect_batch(struct migrate_vma *args,
 }
 
 /* Split a large anonymous folio met while collecting; drops our reference. */
-static bool mdev_split_folio(struct folio *folio)
+static bool migrate_vma_split_folio(struct folio *folio)
 {
 	int ret = -EAGAIN;
 
@@ -450,8 +450,8 @@ static bool mdev_split_folio(struct folio *folio)
  * by one. Returns true if the PMD should be looked at again, false if its
  * range is to be skipped.
  */
-static bool mdev_split_huge_pmd(struct migrate_vma *args, pmd_t *pmdp,
-				unsigned long addr)
+static bool migrate_vma_split_huge_pmd(struct migrate_vma *args, pmd_t *pmdp,
+				       unsigned long addr)
 {
 	struct vm_area_struct *vma = args->vma;
 	struct folio *folio;
@@ -480,11 +480,11 @@ static bool mdev_split_huge_pmd(struct migrate_vma *args, pmd_t *pmdp,
 	}
 	folio_get(folio);
 	spin_unlock(ptl);
-	return mdev_split_folio(folio);
+	return migrate_vma_split_folio(folio);
 }
 
-static int mdev_collect_pmd(pmd_t *pmdp, unsigned long start,
-			    unsigned long end, struct mm_walk *walk)
+static int migrate_vma_collect_pmd(pmd_t *pmdp, unsigned long start,
+				   unsigned long end, struct mm_walk *walk)
 {
 	struct migrate_vma *args = walk->private;
 	struct folio *unsplittable = NULL;
@@ -495,10 +495,10 @@ static int mdev_collect_pmd(pmd_t *pmdp, unsigned long start,
 	for (;;) {
 		pmd = pmdp_get_lockless(pmdp);
 		if (pmd_none(pmd))
-			return mdev_collect_hole(start, end, 0, walk);
+			return migrate_vma_collect_hole(start, end, 0, walk);
 		if (!pmd_trans_huge(pmd) && !is_swap_pmd(pmd))
 			break;
-		if (++tries > 3 || !mdev_split_huge_pmd(args, pmdp, start))
+		if (++tries > 3 || !migrate_vma_split_huge_pmd(args, pmdp, start))
 			return 0;
 	}
 
@@ -506,17 +506,17 @@ static int mdev_collect_pmd(pmd_t *pmdp, unsigned long start,
 	for (tries = 0; addr < end && tries <= PTRS_PER_PTE; tries++) {
 		struct folio *large = NULL;
 
-		addr = mdev_collect_batch(args, pmdp, addr, end, unsplittable,
-					  &large);
-		if (large && !mdev_split_folio(large))
+		addr = migrate_vma_collect_batch(args, pmdp, addr, end, unsplittable,
+						 &large);
+		if (large && !migrate_vma_split_folio(large))
 			unsplittable = large;
 	}
 	return 0;
 }
 
-static const struct mm_walk_ops mdev_collect_ops = {
-	.pmd_entry	= mdev_collect_pmd,
-	.pte_hole	= mdev_collect_hole,
+static const struct mm_walk_ops migrate_vma_walk_ops = {
+	.pmd_entry	= migrate_vma_collect_pmd,
+	.pte_hole	= migrate_vma_collect_hole,
 	.walk_lock	= PGWALK_RDLOCK,
 };
 
@@ -525,7 +525,7 @@ static const struct mm_walk_ops mdev_collect_ops = {
  * mirrors drop what they hold; the caller's own mirror recognises its
  * pgmap_owner and can skip the work.
  */
-static void mdev_collect(struct migrate_vma *args)
+static void migrate_vma_collect(struct migrate_vma *args)
 {
 	struct mmu_notifier_range range;
 
@@ -534,9 +534,9 @@ static void mdev_collect(struct migrate_vma *args)
 				      args->pgmap_owner);
 	mmu_notifier_invalidate_range_start(&range);
 	walk_page_range_vma(args->vma, args->start, args->end,
-			    &mdev_collect_ops, args);
+			    &migrate_vma_walk_ops, args);
 	mmu_notifier_invalidate_range_end(&range);
-	args->npages = mdev_index(args, args->end);
+	args->npages = migrate_vma_index(args, args->end);
 }
 
 /*
@@ -544,7 +544,7 @@ static void mdev_collect(struct migrate_vma *args)
  * LRU batch are not on it yet, so drain every CPU once if needed. The
  * collection reference becomes the isolation reference.
  */
-static bool mdev_isolate_lru(struct folio *folio, bool *drained)
+static bool migrate_device_isolate_lru(struct folio *folio, bool *drained)
 {
 	if (!folio_test_lru(folio) && !*drained) {
 		lru_add_drain_all();
@@ -557,14 +557,14 @@ static bool mdev_isolate_lru(struct folio *folio, bool *drained)
 }
 
 /*
- * An anonymous source keeps its anon_vma pinned from mdev_unmap() until
- * its migration entries are gone (see mdev_unmap()).  Under the mmap lock
+ * An anonymous source keeps its anon_vma pinned from migrate_device_unmap() until
+ * its migration entries are gone (see migrate_device_unmap()).  Under the mmap lock
  * the vma keeps the anon_vma alive even if collection already unmapped
  * the folio, so a plain reference will do; without it only a folio that
  * is still mapped has a live anon_vma, and false means it is mapped
  * nowhere.
  */
-static bool mdev_pin_anon_vma(struct folio *folio, bool mm_locked)
+static bool migrate_device_pin_anon_vma(struct folio *folio, bool mm_locked)
 {
 	if (!folio_test_anon(folio) || folio_test_ksm(folio))
 		return true;
@@ -575,7 +575,7 @@ static bool mdev_pin_anon_vma(struct folio *folio, bool mm_locked)
 	return folio_get_anon_vma(folio);
 }
 
-static void mdev_unpin_anon_vma(struct folio *folio)
+static void migrate_device_unpin_anon_vma(struct folio *folio)
 {
 	if (folio_test_anon(folio) && !folio_test_ksm(folio))
 		put_anon_vma(folio_anon_vma(folio));
@@ -586,7 +586,7 @@ static void mdev_unpin_anon_vma(struct folio *folio)
  * device-private entry is leaving the page cache, and hmm_range_fault()
  * reports such entries without a PTE whose change would tell the mirrors.
  */
-static void mdev_file_invalidate(struct address_space *mapping, pgoff_t index)
+static void migrate_device_file_invalidate(struct address_space *mapping, pgoff_t index)
 {
 	struct mmu_notifier_range range;
 	struct vm_area_struct *vma;
@@ -609,13 +609,13 @@ static void mdev_file_invalidate(struct address_space *mapping, pgoff_t index)
  * again through the page cache, and a shmem page in device memory is in
  * no page table but may be in device mirrors.
  */
-static void mdev_unmap_folio(struct folio *folio)
+static void migrate_device_unmap_folio(struct folio *folio)
 {
 	if (folio_test_anon(folio)) {
 		if (folio_mapped(folio))
 			try_to_migrate(folio, 0);
 	} else if (folio_is_device_private(folio)) {
-		mdev_file_invalidate(folio->mapping, folio->index);
+		migrate_device_file_invalidate(folio->mapping, folio->index);
 	} else if (folio_mapped(folio)) {
 		try_to_unmap(folio, 0);
 	}
@@ -625,11 +625,11 @@ static void mdev_unmap_folio(struct folio *folio)
  * Undo collection of one source whose migration will not happen: map it
  * back wherever it was unmapped, unlock it and give it back.
  */
-static void mdev_release_source(struct folio *folio, bool isolated)
+static void migrate_device_release_source(struct folio *folio, bool isolated)
 {
 	if (folio_test_anon(folio))
 		remove_migration_ptes(folio, folio, 0);
-	mdev_unpin_anon_vma(folio);
+	migrate_device_unpin_anon_vma(folio);
 	folio_unlock(folio);
 	if (isolated)
 		folio_putback_lru(folio);
@@ -651,15 +651,15 @@ static void mdev_release_source(struct folio *folio, bool isolated)
  * pin it here; a folio whose anon_vma cannot be pinned is mapped nowhere
  * any more and is dropped without walking its rmap.
  */
-static unsigned long mdev_unmap(unsigned long *src, unsigned long npages,
-				struct page *fault_page, bool mm_locked)
+static unsigned long migrate_device_unmap(unsigned long *src, unsigned long npages,
+					  struct page *fault_page, bool mm_locked)
 {
 	unsigned long i, nr = 0;
 	bool drained = false;
 
 	lru_add_drain();
 	for (i = 0; i < npages; i++) {
-		struct folio *folio = mdev_folio(src[i]);
+		struct folio *folio = migrate_device_folio(src[i]);
 		bool isolated = false;
 		int extra;
 
@@ -667,7 +667,7 @@ static unsigned long mdev_unmap(unsigned long *src, unsigned long npages,
 			nr += !!(src[i] & MIGRATE_PFN_MIGRATE);
 			continue;
 		}
-		if (!mdev_pin_anon_vma(folio, mm_locked)) {
+		if (!migrate_device_pin_anon_vma(folio, mm_locked)) {
 			folio_unlock(folio);
 			folio_put(folio);
 			src[i] = 0;
@@ -675,11 +675,11 @@ static unsigned long mdev_unmap(unsigned long *src, unsigned long npages,
 		}
 
 		if (!folio_is_zone_device(folio)) {
-			isolated = mdev_isolate_lru(folio, &drained);
+			isolated = migrate_device_isolate_lru(folio, &drained);
 			if (!isolated)
 				goto refuse;
 		}
-		mdev_unmap_folio(folio);
+		migrate_device_unmap_folio(folio);
 		if (folio_mapped(folio))
 			goto refuse;
 		/* Ours, the fault path's, and those the swap cache holds. */
@@ -689,14 +689,14 @@ static unsigned long mdev_unmap(unsigned long *src, unsigned long npages,
 		nr++;
 		continue;
 refuse:
-		mdev_release_source(folio, isolated);
+		migrate_device_release_source(folio, isolated);
 		src[i] = 0;
 	}
 	return nr;
 }
 
 /* Walk to the PMD of @addr, allocating the levels above it. */
-static pmd_t *mdev_pmd_alloc(struct mm_struct *mm, unsigned long addr)
+static pmd_t *migrate_vma_pmd_alloc(struct mm_struct *mm, unsigned long addr)
 {
 	pgd_t *pgd = pgd_offset(mm, addr);
 	p4d_t *p4d;
@@ -716,7 +716,7 @@ static pmd_t *mdev_pmd_alloc(struct mm_struct *mm, unsigned long addr)
  * and shmem pages in device-private memory are mirrored without PTEs:
  * give every page of a shmem range a page table before it migrates.
  */
-static int mdev_file_tables(struct migrate_vma *args)
+static int migrate_vma_file_tables(struct migrate_vma *args)
 {
 	struct mm_struct *mm = args->vma->vm_mm;
 	unsigned long addr;
@@ -724,7 +724,7 @@ static int mdev_file_tables(struct migrate_vma *args)
 
 	for (addr = args->start; addr < args->end;
 	     addr = pmd_addr_end(addr, args->end)) {
-		pmdp = mdev_pmd_alloc(mm, addr);
+		pmdp = migrate_vma_pmd_alloc(mm, addr);
 		if (!pmdp || pte_alloc(mm, pmdp))
 			return -ENOMEM;
 	}
@@ -780,22 +780,22 @@ int migrate_vma_setup(struct migrate_vma *args)
 		return -EINVAL;
 	mmap_assert_locked(vma->vm_mm);
 
-	nr = mdev_index(args, args->end);
+	nr = migrate_vma_index(args, args->end);
 	memset(args->src, 0, nr * sizeof(*args->src));
 	memset(args->dst, 0, nr * sizeof(*args->dst));
 	args->cpages = 0;
 	args->npages = 0;
-	if (mdev_vma_is_shmem(vma) && mdev_file_tables(args))
+	if (migrate_vma_is_shmem(vma) && migrate_vma_file_tables(args))
 		return -ENOMEM;
 
-	mdev_collect(args);
+	migrate_vma_collect(args);
 	if (args->cpages)
-		args->cpages = mdev_unmap(args->src, nr, args->fault_page, true);
+		args->cpages = migrate_device_unmap(args->src, nr, args->fault_page, true);
 	return 0;
 }
 EXPORT_SYMBOL(migrate_vma_setup);
 
-static pte_t mdev_new_pte(struct vm_area_struct *vma, struct page *page)
+static pte_t migrate_vma_new_pte(struct vm_area_struct *vma, struct page *page)
 {
 	bool write = vma->vm_flags & VM_WRITE;
 	swp_entry_t entry;
@@ -817,7 +817,7 @@ static pte_t mdev_new_pte(struct vm_area_struct *vma, struct page *page)
  * zero page collection left mapped there; not one a uffd-wp bit protects,
  * as the new PTE would be writable behind the userfaultfd's back.
  */
-static bool mdev_slot_free(pte_t pte)
+static bool migrate_vma_slot_free(pte_t pte)
 {
 	if (pte_none(pte))
 		return true;
@@ -831,8 +831,8 @@ static bool mdev_slot_free(pte_t pte)
  * flushed out first. Fails if the slot was filled meanwhile or the mm is
  * going away.
  */
-static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
-			     struct page *page)
+static bool migrate_vma_insert_page(struct migrate_vma *args, unsigned long addr,
+				    struct page *page)
 {
 	struct vm_area_struct *vma = args->vma;
 	struct mm_struct *mm = vma->vm_mm;
@@ -849,7 +849,7 @@ static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
 	if (is_zone_device_page(page) && !is_device_private_page(page) &&
 	    !is_device_coherent_page(page))
 		return false;
-	pmdp = mdev_pmd_alloc(mm, addr);
+	pmdp = migrate_vma_pmd_alloc(mm, addr);
 	if (!pmdp || pmd_trans_huge(pmdp_get_lockless(pmdp)))
 		return false;
 	if (pte_alloc(mm, pmdp) || anon_vma_prepare(vma))
@@ -863,7 +863,7 @@ static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
 	if (!ptep)
 		return false;
 	old = ptep_get(ptep);
-	if (!check_stable_address_space(mm) && mdev_slot_free(old)) {
+	if (!check_stable_address_space(mm) && migrate_vma_slot_free(old)) {
 		if (!pte_none(old)) {
 			flush_cache_page(vma, addr, pte_pfn(old));
 			ptep_clear_flush(vma, addr, ptep);
@@ -873,7 +873,7 @@ static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
 		if (!folio_is_zone_device(folio))
 			folio_add_lru_vma(folio, vma);
 		folio_get(folio);
-		set_pte_at(mm, addr, ptep, mdev_new_pte(vma, page));
+		set_pte_at(mm, addr, ptep, migrate_vma_new_pte(vma, page));
 		update_mmu_cache(vma, addr, ptep);
 		inserted = true;
 	}
@@ -886,7 +886,7 @@ static bool mdev_insert_page(struct migrate_vma *args, unsigned long addr,
  * empty slot changes what a mirror would read there, so it runs inside
  * its own MMU_NOTIFY_MIGRATE invalidation.
  */
-static void mdev_populate(struct migrate_vma *args)
+static void migrate_vma_populate(struct migrate_vma *args)
 {
 	unsigned long i, first = ULONG_MAX, last = 0;
 	struct mmu_notifier_range range;
@@ -917,8 +917,8 @@ static void mdev_populate(struct migrate_vma *args)
 		if (migrate_pfn_to_page(args->src[i]) ||
 		    !(args->src[i] & MIGRATE_PFN_MIGRATE))
 			continue;
-		if (!mdev_insert_page(args, args->start + (i << PAGE_SHIFT),
-				      page))
+		if (!migrate_vma_insert_page(args, args->start + (i << PAGE_SHIFT),
+					     page))
 			args->src[i] &= ~MIGRATE_PFN_MIGRATE;
 	}
 	mmu_notifier_invalidate_range_end(&range);
@@ -926,20 +926,20 @@ static void mdev_populate(struct migrate_vma *args)
 
 /*
  * Device memory takes anonymous folios that are not in the swap cache
- * (see mdev_leave_swap_cache()), and shmem folios from system memory:
+ * (see migrate_device_leave_swap_cache()), and shmem folios from system memory:
  * device-coherent memory as it is, in the page cache like any folio,
  * device-private memory only if its driver can copy them back on its own
  * (see migrate_device_file_fault()). Other ZONE_DEVICE kinds (fsdax,
  * p2pdma) are never destinations.
  */
-static bool mdev_destination_ok(struct folio *src, struct folio *dst)
+static bool migrate_device_destination_ok(struct folio *src, struct folio *dst)
 {
 	bool to_device = folio_is_device_private(dst) ||
 			 folio_is_device_coherent(dst);
 
 	if (!to_device)
 		return !folio_is_zone_device(dst);
-	if (!mdev_folio_is_file(src))
+	if (!migrate_device_folio_is_file(src))
 		return !folio_mapping(src);
 	if (folio_is_zone_device(src) || !shmem_mapping(src->mapping))
 		return false;
@@ -954,7 +954,7 @@ static bool mdev_destination_ok(struct folio *src, struct folio *dst)
  * That fails only while the slot is still in use, by another process's
  * PTE after fork or by writeback, and the folio then stays.
  */
-static bool mdev_leave_swap_cache(struct folio *src, struct folio *dst)
+static bool migrate_device_leave_swap_cache(struct folio *src, struct folio *dst)
 {
 	if (!folio_test_anon(src) || !folio_test_swapcache(src))
 		return true;
@@ -971,7 +971,7 @@ static bool mdev_leave_swap_cache(struct folio *src, struct folio *dst)
  * the page cache now, must not keep pointing at it. Returns false if the
  * page was truncated or gained a reference.
  */
-static bool mdev_commit_file(struct folio *sfolio, struct folio *dfolio)
+static bool migrate_device_commit_file(struct folio *sfolio, struct folio *dfolio)
 {
 	if (folio_is_device_private(sfolio))
 		return !shmem_folio_from_device(sfolio, dfolio);
@@ -992,23 +992,23 @@ static bool mdev_commit_file(struct folio *sfolio, struct folio *dfolio)
  * the destination. Entries without destination, or whose source gained a
  * reference since setup, lose MIGRATE_PFN_MIGRATE.
  */
-static void mdev_commit(unsigned long *src, unsigned long *dst,
-			unsigned long npages, struct page *fault_page)
+static void __migrate_device_pages(unsigned long *src, unsigned long *dst,
+				   unsigned long npages, struct page *fault_page)
 {
 	unsigned long i;
 
 	for (i = 0; i < npages; i++) {
-		struct folio *sfolio = mdev_folio(src[i]);
-		struct folio *dfolio = mdev_folio(dst[i]);
+		struct folio *sfolio = migrate_device_folio(src[i]);
+		struct folio *dfolio = migrate_device_folio(dst[i]);
 		int extra;
 
 		if (!sfolio || !(src[i] & MIGRATE_PFN_MIGRATE))
 			continue;
-		if (!dfolio || !mdev_leave_swap_cache(sfolio, dfolio) ||
-		    !mdev_destination_ok(sfolio, dfolio))
+		if (!dfolio || !migrate_device_leave_swap_cache(sfolio, dfolio) ||
+		    !migrate_device_destination_ok(sfolio, dfolio))
 			goto keep;
-		if (mdev_folio_is_file(sfolio)) {
-			if (!mdev_commit_file(sfolio, dfolio))
+		if (migrate_device_folio_is_file(sfolio)) {
+			if (!migrate_device_commit_file(sfolio, dfolio))
 				goto keep;
 			continue;
 		}
@@ -1039,9 +1039,9 @@ keep:
 void migrate_vma_pages(struct migrate_vma *migrate)
 {
 	mmap_assert_locked(migrate->vma->vm_mm);
-	mdev_populate(migrate);
-	mdev_commit(migrate->src, migrate->dst, migrate->npages,
-		    migrate->fault_page);
+	migrate_vma_populate(migrate);
+	__migrate_device_pages(migrate->src, migrate->dst, migrate->npages,
+			       migrate->fault_page);
 }
 EXPORT_SYMBOL(migrate_vma_pages);
 
@@ -1050,14 +1050,14 @@ EXPORT_SYMBOL(migrate_vma_pages);
  * where the entry still migrates, else the source again. Destinations
  * that did not become the page are unlocked and freed by the last put.
  */
-static void mdev_finish(unsigned long *src, unsigned long *dst,
-			unsigned long npages)
+static void __migrate_device_finalize(unsigned long *src, unsigned long *dst,
+				      unsigned long npages)
 {
 	unsigned long i;
 
 	for (i = 0; i < npages; i++) {
-		struct folio *sfolio = mdev_folio(src[i]);
-		struct folio *dfolio = mdev_folio(dst[i]);
+		struct folio *sfolio = migrate_device_folio(src[i]);
+		struct folio *dfolio = migrate_device_folio(dst[i]);
 		bool moved = dfolio && (src[i] & MIGRATE_PFN_MIGRATE);
 
 		if (dfolio && (!sfolio || !moved)) {
@@ -1070,7 +1070,7 @@ static void mdev_finish(unsigned long *src, unsigned long *dst,
 
 		if (folio_test_anon(sfolio))
 			remove_migration_ptes(sfolio, moved ? dfolio : sfolio, 0);
-		mdev_unpin_anon_vma(sfolio);
+		migrate_device_unpin_anon_vma(sfolio);
 		folio_unlock(sfolio);
 		if (moved || folio_is_zone_device(sfolio))
 			folio_put(sfolio);
@@ -1101,7 +1101,7 @@ static void mdev_finish(unsigned long *src, unsigned long *dst,
  */
 void migrate_vma_finalize(struct migrate_vma *migrate)
 {
-	mdev_finish(migrate->src, migrate->dst, migrate->npages);
+	__migrate_device_finalize(migrate->src, migrate->dst, migrate->npages);
 }
 EXPORT_SYMBOL(migrate_vma_finalize);
 
@@ -1112,7 +1112,7 @@ EXPORT_SYMBOL(migrate_vma_finalize);
  * or a page whose data already moved back, waiting for its last put.
  * There is nothing to move, and no memcg charge to move with it.
  */
-static unsigned long mdev_grab_pfn(unsigned long pfn)
+static unsigned long migrate_device_grab_pfn(unsigned long pfn)
 {
 	struct folio *folio = folio_get_nontail_page(pfn_to_page(pfn));
 
@@ -1153,8 +1153,8 @@ int migrate_device_range(unsigned long *src_pfns, unsigned long start,
 	unsigned long i;
 
 	for (i = 0; i < npages; i++)
-		src_pfns[i] = mdev_grab_pfn(start + i);
-	mdev_unmap(src_pfns, npages, NULL, false);
+		src_pfns[i] = migrate_device_grab_pfn(start + i);
+	migrate_device_unmap(src_pfns, npages, NULL, false);
 	return 0;
 }
 EXPORT_SYMBOL(migrate_device_range);
@@ -1176,8 +1176,8 @@ int migrate_device_pfns(unsigned long *src_pfns, unsigned long npages)
 	unsigned long i;
 
 	for (i = 0; i < npages; i++)
-		src_pfns[i] = mdev_grab_pfn(src_pfns[i]);
-	mdev_unmap(src_pfns, npages, NULL, false);
+		src_pfns[i] = migrate_device_grab_pfn(src_pfns[i]);
+	migrate_device_unmap(src_pfns, npages, NULL, false);
 	return 0;
 }
 EXPORT_SYMBOL(migrate_device_pfns);
@@ -1195,7 +1195,7 @@ EXPORT_SYMBOL(migrate_device_pfns);
 void migrate_device_pages(unsigned long *src_pfns, unsigned long *dst_pfns,
 			  unsigned long npages)
 {
-	mdev_commit(src_pfns, dst_pfns, npages, NULL);
+	__migrate_device_pages(src_pfns, dst_pfns, npages, NULL);
 }
 EXPORT_SYMBOL(migrate_device_pages);
 
@@ -1212,7 +1212,7 @@ EXPORT_SYMBOL(migrate_device_pages);
 void migrate_device_finalize(unsigned long *src_pfns, unsigned long *dst_pfns,
 			     unsigned long npages)
 {
-	mdev_finish(src_pfns, dst_pfns, npages);
+	__migrate_device_finalize(src_pfns, dst_pfns, npages);
 }
 EXPORT_SYMBOL(migrate_device_finalize);
 
@@ -1220,8 +1220,8 @@ EXPORT_SYMBOL(migrate_device_finalize);
  * Reference and lock the device page of @entry at @index of @mapping, if
  * the entry is still there once the page is locked.
  */
-static struct folio *mdev_file_lock_entry(struct address_space *mapping,
-					  pgoff_t index, swp_entry_t entry)
+static struct folio *migrate_device_file_lock_entry(struct address_space *mapping,
+						    pgoff_t index, swp_entry_t entry)
 {
 	struct folio *folio = page_folio(pfn_swap_entry_to_page(entry));
 	void *radix = swp_to_radix_entry(entry);
@@ -1267,7 +1267,7 @@ int migrate_device_file_fault(struct address_space *mapping, pgoff_t index,
 	struct folio *dfolio, *folio;
 	int ret;
 
-	dfolio = mdev_file_lock_entry(mapping, index, entry);
+	dfolio = migrate_device_file_lock_entry(mapping, index, entry);
 	if (!dfolio)
 		return -EEXIST;
 	if (!dfolio->page.pgmap->ops->copy_to_ram) {
@@ -1282,7 +1282,7 @@ int migrate_device_file_fault(struct address_space *mapping, pgoff_t index,
 	}
 	__folio_set_locked(folio);
 
-	mdev_file_invalidate(mapping, index);
+	migrate_device_file_invalidate(mapping, index);
 	ret = dfolio->page.pgmap->ops->copy_to_ram(&dfolio->page,
 						   &folio->page);
 	if (ret)
@@ -1329,10 +1329,10 @@ long migrate_device_file_free(struct address_space *mapping, pgoff_t index,
 	struct folio *dfolio;
 	long freed = 0;
 
-	dfolio = mdev_file_lock_entry(mapping, index, entry);
+	dfolio = migrate_device_file_lock_entry(mapping, index, entry);
 	if (!dfolio)
 		return 0;
-	mdev_file_invalidate(mapping, index);
+	migrate_device_file_invalidate(mapping, index);
 	if (!shmem_device_entry_free(dfolio)) {
 		/* The page cache's reference; ours holds the page till unlocked. */
 		folio_put(dfolio);
@@ -1361,7 +1361,7 @@ int migrate_device_coherent_folio(struct folio *folio)
 
 	folio_lock(folio);
 	src = migrate_pfn(folio_pfn(folio)) | MIGRATE_PFN_MIGRATE;
-	if (!mdev_unmap(&src, 1, NULL, false))
+	if (!migrate_device_unmap(&src, 1, NULL, false))
 		return -EBUSY;
 
 	dfolio = folio_alloc(GFP_USER | __GFP_NOWARN, 0);
@@ -1370,7 +1370,7 @@ int migrate_device_coherent_folio(struct folio *folio)
 		folio_copy(dfolio, folio);
 		dst = migrate_pfn(folio_pfn(dfolio));
 	}
-	mdev_commit(&src, &dst, 1, NULL);
-	mdev_finish(&src, &dst, 1);
+	__migrate_device_pages(&src, &dst, 1, NULL);
+	__migrate_device_finalize(&src, &dst, 1);
 	return (src & MIGRATE_PFN_MIGRATE) ? 0 : -EBUSY;
 }
