@@ -2398,13 +2398,88 @@ static int oversub_set(const char *devpath, long limit, bool evict)
 	return dev_attr_write(devpath, "devmem_limit", limit);
 }
 
+static const struct expect filler_data = { .writer = 13, .gen = 1 };
+
 /*
- * The 4K stress case, every operation of it, with device memory limited
- * to a quarter of what the processes together would put there (their
- * slots and lock-free regions), so that most migrations to the device
- * evict pages of another process or of another range of the same one.
- * On top of the usual checks (every byte, device memory all free at the
- * end, MemFree), eviction must have happened and nobody been OOM-killed.
+ * The filler: migrate @npages of its own to the device, check them
+ * through the CPU (which brings back what was not evicted), again and
+ * again until *@stop.  Each pass fills most of the device, so the stress
+ * processes' migrations must evict the filler's pages or each other's,
+ * and the filler's evict theirs.  ENOMEM: every page it could have
+ * evicted was busy at that moment.  Returns 0 or what failed.
+ */
+static int oversub_filler(const char *devpath, long npages, int *stop,
+			  unsigned long *passes)
+{
+	char *p = buffer_new(npages, filler_data);
+	char *buf = malloc(npages * PAGE);
+	int fd = open(devpath, O_RDWR), ret;
+
+	if (!p || !buf || fd < 0)
+		return 1;
+	while (!__atomic_load_n(stop, __ATOMIC_SEQ_CST)) {
+		ret = dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, p, buf, npages,
+			      NULL);
+		if (ret && ret != -ENOMEM && ret != -ENOENT)
+			return 2;
+		if (!ret && buffer_check(buf, npages, filler_data) >= 0)
+			return 3;
+		if (buffer_check(p, npages, filler_data) >= 0)
+			return 4;
+		__atomic_add_fetch(passes, 1, __ATOMIC_SEQ_CST);
+	}
+	close(fd);
+	return 0;
+}
+
+struct filler {
+	pid_t		pid;
+	int		stop;
+	unsigned long	passes;
+};
+
+static struct filler *filler_start(const char *devpath, long npages)
+{
+	struct filler *f = mmap(NULL, sizeof(*f), PROT_READ | PROT_WRITE,
+				MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	pid_t pid;
+
+	if (f == MAP_FAILED)
+		return NULL;
+	fflush(stdout);
+	/* Not into *f directly: the child's fork() would store 0 there. */
+	pid = fork();
+	if (!pid)
+		_exit(oversub_filler(devpath, npages, &f->stop, &f->passes));
+	if (pid < 0) {
+		munmap(f, sizeof(*f));
+		return NULL;
+	}
+	f->pid = pid;
+	return f;
+}
+
+/* Stop the filler; returns its exit status, or -1 if it did not exit. */
+static int filler_stop(struct filler *f, unsigned long *passes)
+{
+	int status = -1;
+
+	__atomic_store_n(&f->stop, 1, __ATOMIC_SEQ_CST);
+	if (waitpid(f->pid, &status, 0) != f->pid)
+		status = -1;
+	*passes = f->passes;
+	munmap(f, sizeof(*f));
+	return status;
+}
+
+/*
+ * The 4K stress case, every operation of it, plus a filler process,
+ * with device memory limited to a quarter of what they would together
+ * put there (slots, lock-free regions, the filler's quarter of those),
+ * so that most migrations to the device evict pages of another process
+ * or of another range of the same one.  On top of the usual checks
+ * (every byte, device memory all free at the end, MemFree) and the
+ * filler's own, eviction must have happened and nobody been OOM-killed.
  */
 static void test_oversub(const char *devpath, int seconds, uint64_t seed,
 			 int nprocs, int nthreads)
@@ -2416,12 +2491,15 @@ static void test_oversub(const char *devpath, int seconds, uint64_t seed,
 		.slot_pages = 16, .nslots = 64,
 	};
 	const char *dev = strrchr(devpath, '/') + 1;
-	long ev0, ev1, ooms, free0, free1 = 0, limit;
+	long ev0, ev1, ooms, free0, free1 = 0, limit, fill;
+	unsigned long passes = 0;
+	struct filler *f = NULL;
 	char why[512] = "";
-	int i, kmsg, ret;
+	int i, kmsg, ret, fst;
 
 	/* stress_run() sets the lock-free region to 16 pages for 4K. */
-	limit = nprocs * (st.nslots * st.slot_pages + 16) / 4;
+	fill = nprocs * (st.nslots * st.slot_pages + 16) / 4;
+	limit = (4 * fill + fill) / 4;
 	ev0 = dev_attr_read(devpath, "devmem_evicted");
 	kmsg = kmsg_open();
 	free0 = mem_counter("MemFree");
@@ -2429,16 +2507,25 @@ static void test_oversub(const char *devpath, int seconds, uint64_t seed,
 	    failed(why, ev0 >= 0 && !oversub_set(devpath, limit, true),
 		   "cannot limit the device to %ld pages with eviction", limit))
 		goto out;
+	f = filler_start(devpath, fill);
+	if (failed(why, f, "filler: %s", strerror(errno)))
+		goto out;
 	st.deadline = time(NULL) + seconds;
 	ret = stress_run(&st, why, sizeof(why));
+	fst = filler_stop(f, &passes);
 	ev1 = dev_attr_read(devpath, "devmem_evicted");
 	ooms = kmsg_oom_kills(kmsg);
 	kmsg = -1;
-	ksft_print_msg("oversub: limit %ld pages, %ld pages evicted, %ld OOM kills\n",
-		       limit, ev1 - ev0, ooms);
+	ksft_print_msg("oversub: limit %ld pages, filler of %ld pages ran %lu passes\n",
+		       limit, fill, passes);
+	ksft_print_msg("oversub: %ld pages evicted, %ld OOM kills\n",
+		       ev1 - ev0, ooms);
 	/* An OOM kill explains a process's death better than its status. */
 	if (ooms)
 		ret = snprintf(why, sizeof(why), "%ld OOM kills", ooms);
+	else if (!ret && fst)
+		ret = snprintf(why, sizeof(why),
+			       "filler status %#x (see oversub_filler())", fst);
 	if (ret || failed(why, ev1 > ev0, "no page was evicted"))
 		goto out;
 	if (oversub_set(devpath, 0, false) ||
@@ -2524,13 +2611,17 @@ static void *hot_dev(void *arg)
 	}
 }
 
-/* Child side: rounds until @deadline; progress in *@shm_round. */
+/*
+ * Child side: rounds until @deadline; progress in @shm[0], the slowest
+ * round in microseconds in @shm[1].
+ */
 static int hot_rounds(const char *devpath, time_t deadline,
-		      unsigned int *shm_round)
+		      unsigned int *shm)
 {
 	struct hot h = {};
 	pthread_t tid[HOT_THREADS + 1];
 	char buf[PAGE];
+	uint64_t t0, us;
 	int t, ret = 0;
 
 	h.fd = open(devpath, O_RDWR);
@@ -2553,11 +2644,15 @@ static int hot_rounds(const char *devpath, time_t deadline,
 			ret = 11;
 			break;
 		}
-		__atomic_store_n(shm_round, h.round + 1, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&shm[0], h.round + 1, __ATOMIC_SEQ_CST);
+		t0 = now_ns();
 		alarm(HOT_ROUND_S);
 		pthread_barrier_wait(&h.go);
 		pthread_barrier_wait(&h.done);
 		alarm(0);
+		us = (now_ns() - t0) / 1000;
+		if (us > shm[1])
+			shm[1] = us;
 		if (h.bad || h.dev_err) {
 			ret = 12;
 			break;
@@ -2597,15 +2692,15 @@ static void test_hot_page(const char *devpath, int seconds)
 		goto out;
 	if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
 		failed(why, false, "round %u of %d threads faulting one device page took over %d s",
-		       *round, HOT_THREADS, HOT_ROUND_S);
+		       round[0], HOT_THREADS, HOT_ROUND_S);
 	else if (!WIFEXITED(status) || WEXITSTATUS(status))
-		failed(why, false, "round %u: %s (status %#x)", *round,
+		failed(why, false, "round %u: %s (status %#x)", round[0],
 		       WIFEXITED(status) && WEXITSTATUS(status) < 13 &&
 		       what[WEXITSTATUS(status)] ? what[WEXITSTATUS(status)] :
 		       "died", status);
 	else
-		ksft_print_msg("hot_page: %u rounds of %d CPU threads and a device read\n",
-			       *round, HOT_THREADS);
+		ksft_print_msg("hot_page: %u rounds, %d CPU threads + device, slowest %u us\n",
+			       round[0], HOT_THREADS, round[1]);
 out:
 	if (round != MAP_FAILED)
 		munmap(round, PAGE);
