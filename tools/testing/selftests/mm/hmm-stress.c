@@ -2400,16 +2400,24 @@ static int oversub_set(const char *devpath, long limit, bool evict)
 
 static const struct expect filler_data = { .writer = 13, .gen = 1 };
 
+struct filler {
+	pid_t		pid;
+	int		filled;		/* its pages reached the device once */
+	int		stop;
+	unsigned long	passes;
+	unsigned long	busy;		/* device reads retried */
+};
+
 /*
- * The filler: migrate @npages of its own to the device, check them
- * through the CPU (which brings back what was not evicted), again and
- * again until *@stop.  Each pass fills most of the device, so the stress
- * processes' migrations must evict the filler's pages or each other's,
- * and the filler's evict theirs.  ENOMEM: every page it could have
- * evicted was busy at that moment.  Returns 0 or what failed.
+ * The filler: migrate @npages of its own to the device and read them back
+ * through the device, which leaves them there, again and again until
+ * told to stop; then check them through the CPU.  It fills the device
+ * before the stress processes start, so their migrations must evict the
+ * filler's pages or each other's, and each pass of the filler brings its
+ * evicted pages back by evicting theirs.  ENOMEM: every page it could
+ * have evicted was busy at that moment.  Returns 0 or what failed.
  */
-static int oversub_filler(const char *devpath, long npages, int *stop,
-			  unsigned long *passes)
+static int oversub_filler(const char *devpath, long npages, struct filler *f)
 {
 	char *p = buffer_new(npages, filler_data);
 	char *buf = malloc(npages * PAGE);
@@ -2417,32 +2425,33 @@ static int oversub_filler(const char *devpath, long npages, int *stop,
 
 	if (!p || !buf || fd < 0)
 		return 1;
-	while (!__atomic_load_n(stop, __ATOMIC_SEQ_CST)) {
+	while (!__atomic_load_n(&f->stop, __ATOMIC_SEQ_CST)) {
 		ret = dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, p, buf, npages,
 			      NULL);
 		if (ret && ret != -ENOMEM && ret != -ENOENT)
 			return 2;
 		if (!ret && buffer_check(buf, npages, filler_data) >= 0)
 			return 3;
-		if (buffer_check(p, npages, filler_data) >= 0)
+		__atomic_store_n(&f->filled, 1, __ATOMIC_SEQ_CST);
+		memset(buf, 0, npages * PAGE);
+		if (dmirror_retry(fd, HMM_DMIRROR_READ, p, buf, npages,
+				  &f->busy) ||
+		    buffer_check(buf, npages, filler_data) >= 0)
 			return 4;
-		__atomic_add_fetch(passes, 1, __ATOMIC_SEQ_CST);
+		__atomic_add_fetch(&f->passes, 1, __ATOMIC_SEQ_CST);
 	}
+	if (buffer_check(p, npages, filler_data) >= 0)
+		return 5;
 	close(fd);
 	return 0;
 }
-
-struct filler {
-	pid_t		pid;
-	int		stop;
-	unsigned long	passes;
-};
 
 static struct filler *filler_start(const char *devpath, long npages)
 {
 	struct filler *f = mmap(NULL, sizeof(*f), PROT_READ | PROT_WRITE,
 				MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	pid_t pid;
+	int i;
 
 	if (f == MAP_FAILED)
 		return NULL;
@@ -2450,12 +2459,16 @@ static struct filler *filler_start(const char *devpath, long npages)
 	/* Not into *f directly: the child's fork() would store 0 there. */
 	pid = fork();
 	if (!pid)
-		_exit(oversub_filler(devpath, npages, &f->stop, &f->passes));
+		_exit(oversub_filler(devpath, npages, f));
 	if (pid < 0) {
 		munmap(f, sizeof(*f));
 		return NULL;
 	}
 	f->pid = pid;
+	/* The device is full before the stress starts, or within 60 s. */
+	for (i = 0; i < 6000 && !__atomic_load_n(&f->filled, __ATOMIC_SEQ_CST);
+	     i++)
+		usleep(10000);
 	return f;
 }
 
@@ -2475,9 +2488,9 @@ static int filler_stop(struct filler *f, unsigned long *passes)
 /*
  * The 4K stress case, every operation of it, plus a filler process,
  * with device memory limited to a quarter of what they would together
- * put there (slots, lock-free regions, the filler's quarter of those),
- * so that most migrations to the device evict pages of another process
- * or of another range of the same one.  On top of the usual checks
+ * put there (slots, lock-free regions, and the filler's pages, as many
+ * as the limit), so that most migrations to the device evict pages of
+ * another process or of another range of the same one.  On top of the usual checks
  * (every byte, device memory all free at the end, MemFree) and the
  * filler's own, eviction must have happened and nobody been OOM-killed.
  */
@@ -2497,9 +2510,13 @@ static void test_oversub(const char *devpath, int seconds, uint64_t seed,
 	char why[512] = "";
 	int i, kmsg, ret, fst;
 
-	/* stress_run() sets the lock-free region to 16 pages for 4K. */
-	fill = nprocs * (st.nslots * st.slot_pages + 16) / 4;
-	limit = (4 * fill + fill) / 4;
+	/*
+	 * stress_run() sets the lock-free region to 16 pages for 4K; the
+	 * filler's part of the working set is the limit itself, so
+	 * limit = (stress + limit) / 4.
+	 */
+	limit = nprocs * (st.nslots * st.slot_pages + 16) / 3;
+	fill = limit;
 	ev0 = dev_attr_read(devpath, "devmem_evicted");
 	kmsg = kmsg_open();
 	free0 = mem_counter("MemFree");
