@@ -42,11 +42,17 @@
  * memory with the eviction of that memory (HMM_DMIRROR_RELEASE or close()
  * of the device file); see test_shmem_evict().
  *
+ * With test_hmm's eviction on (devmem_evict), three cases oversubscribe
+ * device memory: the 4K race on a device a quarter of the working set
+ * (test_oversub()), many threads faulting one device page
+ * (test_hot_page()) and teardown while evicting (test_evict_teardown()).
+ *
  * Options: -s SECONDS for all stress cases together (default 60), -S SEED,
  * -p PROCESSES, -t THREADS per process, -B MIB adds a case racing on a
  * range of that size (more than one 256 MiB chunk of device memory if
- * above 256).  The seed is printed; a run with the same seed makes the
- * same choices, up to the order races allow.
+ * above 256), -e runs only the three eviction cases.  The seed is
+ * printed; a run with the same seed makes the same choices, up to the
+ * order races allow.
  */
 #include <errno.h>
 #include <fcntl.h>
