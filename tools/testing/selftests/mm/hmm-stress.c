@@ -45,7 +45,8 @@
  * With test_hmm's eviction on (devmem_evict), three cases oversubscribe
  * device memory: the 4K race on a device a quarter of the working set
  * (test_oversub()), many threads faulting one device page
- * (test_hot_page()) and teardown while evicting (test_evict_teardown()).
+ * (test_hot_page()) and teardown while evicting (test_evict_teardown()),
+ * for one stress case's share of -s more.
  *
  * Options: -s SECONDS for all stress cases together (default 60), -S SEED,
  * -p PROCESSES, -t THREADS per process, -B MIB adds a case racing on a
@@ -2994,8 +2995,11 @@ int main(int argc, char **argv)
 	dma_may_refuse = cmdline_has("swiotlb=force");
 	/* Coherent device memory exists only with memmap= reserved RAM. */
 	ndevs = access(devs[1], R_OK | W_OK) ? 1 : 2;
-	/* 4K, THP, shmem, the shmem eviction race, coherent 4K, oversub. */
-	ncases = 4 + (ndevs - 1) + 1;
+	/*
+	 * 4K, THP, shmem, the shmem eviction race, coherent 4K share the
+	 * time; the eviction cases get a share on top, not out of theirs.
+	 */
+	ncases = 4 + (ndevs - 1);
 	if (only_evict) {
 		ksft_set_plan(3);
 		test_oversub(devs[0], seconds, seed + 6, nprocs, nthreads);
@@ -3003,7 +3007,7 @@ int main(int argc, char **argv)
 		test_evict_teardown(devs[0], seconds / 2 ?: 1, seed + 7);
 		ksft_finished();
 	}
-	ksft_set_plan(ncases + !!big + 2 * ndevs + 1 + 2);
+	ksft_set_plan(ncases + !!big + 2 * ndevs + 1 + 3);
 	ksft_print_msg("seed %llu, %d processes x %d threads, %d s\n",
 		       (unsigned long long)seed, nprocs, nthreads, seconds);
 	setvbuf(stdout, NULL, _IOLBF, 0);
