@@ -2749,6 +2749,8 @@ out:
 #define TD_LIMIT	64
 #define TD_ROUND_S	30
 #define TD_MIN_ROUNDS	30
+/* Rounds a slow kernel may take to see an eviction overlap a teardown. */
+#define TD_MAX_ROUNDS	300
 
 enum td_mode { TD_EXIT, TD_CLOSE, TD_RELEASE, TD_NMODES };
 
@@ -2912,7 +2914,8 @@ static void test_evict_teardown(const char *devpath, int seconds,
 		   !oversub_set(devpath, TD_LIMIT, true),
 		   "setup: %s", strerror(errno)))
 		goto out;
-	for (round = 0; time(NULL) < deadline || round < TD_MIN_ROUNDS; round++)
+	for (round = 0; time(NULL) < deadline || round < TD_MIN_ROUNDS ||
+	     (!overlapped && round < TD_MAX_ROUNDS); round++)
 		if (td_round(devpath, round, &rnd, sy, &overlapped, why))
 			goto out;
 	ksft_print_msg("evict_teardown: %lu rounds, %ld pages evicted, %lu overlapped a teardown\n",
