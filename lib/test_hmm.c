@@ -33,7 +33,12 @@
  *					nothing under it may fault or reclaim
  *   dmirror_device.mem_lock		(spinlock) device memory allocator
  * dmirror_device.chunks_lock serialises adding and removing device memory
- * and is never taken under pt_lock or mem_lock.
+ * and is never taken under pt_lock or mem_lock.  It also keeps the chunks
+ * on mdev->chunks plugged while an evictor migrates their pages, so it is
+ * held across migrate_device_pfns() .. migrate_device_finalize(): it nests
+ * inside the mmap_lock and the page locks of a migration to the device,
+ * and outside the rmap locks and the pt_lock the invalidations take (see
+ * "Eviction" below).
  */
 #include <linux/bitmap.h>
 #include <linux/cdev.h>
@@ -111,6 +116,8 @@ struct dmirror_device;
 struct dmirror_dpage {
 	struct page		*backing;	/* data of a private page */
 	const void		*owner;		/* allocating file; compared only */
+	struct dmirror_chunk	*chunk;		/* set while on the LRU */
+	struct list_head	lru;		/* in mdev->lru, under mem_lock */
 };
 
 /*
@@ -146,6 +153,9 @@ struct dmirror_device {
 	struct list_head	chunks;		/* chunks handing out pages */
 	wait_queue_head_t	drain_wq;
 	unsigned long		limit;		/* max pages in use, 0: none */
+	struct list_head	lru;		/* pages in use, oldest first */
+	bool			evict;		/* evict rather than fail */
+	atomic_long_t		evicted;	/* pages evicted to make room */
 };
 
 /*
@@ -363,6 +373,8 @@ static struct page *dmirror_chunk_take(struct dmirror_chunk *chunk,
 	chunk->hint = idx + 1;
 	chunk->dpages[idx].backing = backing;
 	chunk->dpages[idx].owner = owner;
+	chunk->dpages[idx].chunk = chunk;
+	list_add_tail(&chunk->dpages[idx].lru, &chunk->mdev->lru);
 	return pfn_to_page(chunk->pfn_first + idx);
 }
 
@@ -425,6 +437,153 @@ static int dmirror_devmem_grow(struct dmirror_device *mdev)
 }
 
 /*
+ * Eviction: with devmem_evict set, a migration to the device that finds no
+ * free device page (devmem_limit reached, or every chunk full) moves the
+ * least recently used pages of the device back to system memory, whichever
+ * process maps them, and takes one of the pages freed.  Pages join the
+ * young end of mdev->lru when allocated and go back there each time the
+ * device faults them into a page table.
+ *
+ * The evictor runs inside the caller's migration to the device: it holds
+ * the mmap_lock of the caller's mm for reading and the page locks of the
+ * migration's sources and of the device pages allocated so far.  It must
+ * therefore never wait for a page lock, and does not: migrate_device_pfns()
+ * only trylocks, so a victim someone else has locked (a CPU fault bringing
+ * it back, another migration, one of our own destinations) is skipped.
+ * It holds chunks_lock from collection to migrate_device_finalize(), as
+ * chunks leave mdev->chunks only under that lock: HMM_DMIRROR_RELEASE
+ * cannot unplug the memory of a victim meanwhile, and pages of chunks
+ * already draining are left to it.  A closing file waits for chunks_lock
+ * in dmirror_devmem_evict_owner(), an exiting process does not: the
+ * anon_vma pin taken by migrate_device_pfns() keeps the rmap walk safe.
+ * Under chunks_lock the evictor waits for the rmap locks of the processes
+ * mapping its victims, for the pt_lock of their mirrors (invalidation)
+ * and for memory; none of those is ever held while waiting for
+ * chunks_lock or for a page lock.
+ */
+#define DMIRROR_EVICT_BATCH	16UL
+/* LRU entries looked at per round: locked pages are skipped over. */
+#define DMIRROR_EVICT_SCAN	(8 * DMIRROR_EVICT_BATCH)
+/* Rounds before giving up with -ENOMEM: others may take what we free. */
+#define DMIRROR_EVICT_TRIES	4
+
+/* The device used @page, one of ours: it becomes the youngest. */
+static void dmirror_devmem_touch(struct page *page)
+{
+	struct dmirror_chunk *chunk = dmirror_page_chunk(page);
+	unsigned long idx = page_to_pfn(page) - chunk->pfn_first;
+
+	spin_lock(&chunk->mdev->mem_lock);
+	if (test_bit(idx, chunk->busy))
+		list_move_tail(&chunk->dpages[idx].lru, &chunk->mdev->lru);
+	spin_unlock(&chunk->mdev->mem_lock);
+}
+
+/*
+ * Store in @pfns up to @max pfns from the old end of the LRU.  Every entry
+ * looked at moves to the young end, so that a concurrent evictor, or the
+ * next round after one that could not take them, tries other pages.
+ */
+static unsigned long dmirror_lru_gather(struct dmirror_device *mdev,
+					unsigned long *pfns, unsigned long max)
+{
+	struct dmirror_dpage *dpage, *next;
+	unsigned long n = 0, scanned = 0;
+	LIST_HEAD(seen);
+
+	lockdep_assert_held(&mdev->chunks_lock);
+
+	spin_lock(&mdev->mem_lock);
+	list_for_each_entry_safe(dpage, next, &mdev->lru, lru) {
+		struct dmirror_chunk *chunk = dpage->chunk;
+		unsigned long pfn = chunk->pfn_first + (dpage - chunk->dpages);
+
+		if (n == max || scanned++ == DMIRROR_EVICT_SCAN)
+			break;
+		list_move_tail(&dpage->lru, &seen);
+		/* Locked pages stay on the device, that is what locks are for. */
+		if (chunk->draining || hmm_devlock_page_locked(pfn_to_page(pfn)))
+			continue;
+		pfns[n++] = pfn;
+	}
+	list_splice_tail(&seen, &mdev->lru);
+	spin_unlock(&mdev->mem_lock);
+	return n;
+}
+
+/*
+ * Give each collected victim a system page with its data.  Unlike
+ * RELEASE this may fail: the victim then stays, and the migration that
+ * wanted room gets -ENOMEM.  A page locked to the device after it was
+ * gathered stays too.
+ */
+static void dmirror_evict_copy(const unsigned long *src, unsigned long *dst,
+			       unsigned long npages)
+{
+	unsigned long i;
+
+	for (i = 0; i < npages; i++) {
+		struct page *spage = migrate_pfn_to_page(src[i]);
+		struct page *dpage;
+
+		dst[i] = 0;
+		if (!spage || !(src[i] & MIGRATE_PFN_MIGRATE) ||
+		    hmm_devlock_page_locked(spage))
+			continue;
+		dpage = alloc_page(GFP_HIGHUSER_MOVABLE | __GFP_NOWARN);
+		if (!dpage)
+			continue;
+		lock_page(dpage);
+		copy_highpage(dpage, dmirror_page_data(spage));
+		dst[i] = migrate_pfn(page_to_pfn(dpage)) |
+			 (src[i] & MIGRATE_PFN_WRITE);
+	}
+}
+
+/*
+ * Evict up to DMIRROR_EVICT_BATCH of the least recently used pages of
+ * @mdev to system memory.
+ * Context: process context, may sleep; see "Eviction" above.
+ * Return: the number of pages that left device memory.
+ */
+static unsigned long dmirror_devmem_evict(struct dmirror_device *mdev)
+{
+	unsigned long src[DMIRROR_EVICT_BATCH], dst[DMIRROR_EVICT_BATCH];
+	unsigned long i, n, done = 0;
+
+	mutex_lock(&mdev->chunks_lock);
+	n = dmirror_lru_gather(mdev, src, DMIRROR_EVICT_BATCH);
+	if (n) {
+		migrate_device_pfns(src, n);
+		dmirror_evict_copy(src, dst, n);
+		migrate_device_pages(src, dst, n);
+		for (i = 0; i < n; i++)
+			done += dst[i] && (src[i] & MIGRATE_PFN_MIGRATE);
+		migrate_device_finalize(src, dst, n);
+	}
+	mutex_unlock(&mdev->chunks_lock);
+
+	atomic_long_add(done, &mdev->evicted);
+	return done;
+}
+
+/* Device memory is full: evict, if allowed, and take a page freed so. */
+static struct page *dmirror_devmem_make_room(struct dmirror_device *mdev,
+					     struct page *backing,
+					     const void *owner)
+{
+	struct page *page = NULL;
+	int tries;
+
+	for (tries = 0; !page && tries < DMIRROR_EVICT_TRIES; tries++) {
+		if (!READ_ONCE(mdev->evict) || !dmirror_devmem_evict(mdev))
+			break;
+		page = dmirror_devmem_take(mdev, backing, owner);
+	}
+	return page;
+}
+
+/*
  * Allocate one device page for the file @owner.  The page is returned
  * referenced and locked, ready to be a migration destination.
  */
@@ -443,6 +602,8 @@ static struct page *dmirror_devmem_alloc(struct dmirror_device *mdev,
 	page = dmirror_devmem_take(mdev, backing, owner);
 	if (!page && !dmirror_devmem_grow(mdev))
 		page = dmirror_devmem_take(mdev, backing, owner);
+	if (!page)
+		page = dmirror_devmem_make_room(mdev, backing, owner);
 	if (!page) {
 		if (backing)
 			__free_page(backing);
@@ -466,6 +627,7 @@ static void dmirror_devmem_page_free(struct page *page)
 	backing = chunk->dpages[idx].backing;
 	chunk->dpages[idx].backing = NULL;
 	chunk->dpages[idx].owner = NULL;
+	list_del(&chunk->dpages[idx].lru);
 	__clear_bit(idx, chunk->busy);
 	chunk->nr_busy--;
 	idle = chunk->draining && !chunk->nr_busy;
@@ -786,6 +948,8 @@ static int dmirror_pt_fill(struct dmirror *dmirror, struct hmm_range *range,
 		else if (write)
 			/* Our own read-only page: dmirror_pt_unshare(). */
 			return is_device_private_page(page) ? -EAGAIN : -EPERM;
+		if (dmirror_page_is_ours(page))
+			dmirror_devmem_touch(page);
 		ret = dmirror_pt_set(dmirror, range->start + (i << PAGE_SHIFT),
 				     dmirror_page_data(page), flags);
 		if (ret)
@@ -2232,6 +2396,8 @@ static const struct file_operations dmirror_fops = {
  * pages are in use and how many chunks are plugged, so a test can check
  * that everything came back, and takes a limit on the pages in use, so a
  * test can run the device out of memory without filling gigabytes first.
+ * devmem_evict chooses what running out does, devmem_evicted counts the
+ * pages eviction moved, so a test can tell that it happened.
  */
 
 static unsigned long dmirror_devmem_used_locked(struct dmirror_device *mdev)
@@ -2307,10 +2473,48 @@ static ssize_t devmem_limit_store(struct device *dev,
 }
 static DEVICE_ATTR_RW(devmem_limit);
 
+static ssize_t devmem_evict_show(struct device *dev,
+				 struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%d\n",
+			  READ_ONCE(dmirror_dev_to_mdev(dev)->evict));
+}
+
+/*
+ * 1: a migration to the device that finds no free page evicts others (see
+ * "Eviction"); 0, the default: it fails with -ENOMEM, which tests of the
+ * limit itself rely on.
+ */
+static ssize_t devmem_evict_store(struct device *dev,
+				  struct device_attribute *attr,
+				  const char *buf, size_t count)
+{
+	bool evict;
+	int ret;
+
+	ret = kstrtobool(buf, &evict);
+	if (ret)
+		return ret;
+	WRITE_ONCE(dmirror_dev_to_mdev(dev)->evict, evict);
+	return count;
+}
+static DEVICE_ATTR_RW(devmem_evict);
+
+/* Pages evicted to make room since the device was created. */
+static ssize_t devmem_evicted_show(struct device *dev,
+				   struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%ld\n",
+			  atomic_long_read(&dmirror_dev_to_mdev(dev)->evicted));
+}
+static DEVICE_ATTR_RO(devmem_evicted);
+
 static struct attribute *dmirror_dev_attrs[] = {
 	&dev_attr_devmem_used.attr,
 	&dev_attr_devmem_chunks.attr,
 	&dev_attr_devmem_limit.attr,
+	&dev_attr_devmem_evict.attr,
+	&dev_attr_devmem_evicted.attr,
 	NULL
 };
 ATTRIBUTE_GROUPS(dmirror_dev);
@@ -2336,6 +2540,7 @@ static int dmirror_device_create(unsigned int id, unsigned int mem_type,
 	mutex_init(&mdev->chunks_lock);
 	spin_lock_init(&mdev->mem_lock);
 	INIT_LIST_HEAD(&mdev->chunks);
+	INIT_LIST_HEAD(&mdev->lru);
 	init_waitqueue_head(&mdev->drain_wq);
 
 	device_initialize(&mdev->dev);

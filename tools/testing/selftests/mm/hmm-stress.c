@@ -42,11 +42,18 @@
  * memory with the eviction of that memory (HMM_DMIRROR_RELEASE or close()
  * of the device file); see test_shmem_evict().
  *
+ * With test_hmm's eviction on (devmem_evict), three cases oversubscribe
+ * device memory: the 4K race on a device a quarter of the working set
+ * (test_oversub()), many threads faulting one device page
+ * (test_hot_page()) and teardown while evicting (test_evict_teardown()),
+ * for one stress case's share of -s more.
+ *
  * Options: -s SECONDS for all stress cases together (default 60), -S SEED,
  * -p PROCESSES, -t THREADS per process, -B MIB adds a case racing on a
  * range of that size (more than one 256 MiB chunk of device memory if
- * above 256).  The seed is printed; a run with the same seed makes the
- * same choices, up to the order races allow.
+ * above 256), -e runs only the three eviction cases.  The seed is
+ * printed; a run with the same seed makes the same choices, up to the
+ * order races allow.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -2256,6 +2263,583 @@ out:
 		ksft_test_result_pass("shmem_evict_%s (%d s)\n", dev, seconds);
 }
 
+/* ------------------------------------------------------------------
+ * Oversubscribed device memory (lib/test_hmm.c "Eviction"): with
+ * devmem_evict set, a migration to a full device evicts the least
+ * recently used device pages of any process instead of failing.
+ */
+
+/*
+ * The kernel log from now on, to look for OOM kills in: /proc/vmstat's
+ * oom_kill needs CONFIG_VM_EVENT_COUNTERS, which the test kernels lack.
+ */
+static int kmsg_open(void)
+{
+	int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK);
+
+	if (fd >= 0 && lseek(fd, 0, SEEK_END) < 0) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
+/* Records of @fd since kmsg_open() that tell of an OOM kill; closes @fd. */
+static long kmsg_oom_kills(int fd)
+{
+	char rec[2048];
+	long n = 0;
+	ssize_t len;
+
+	for (;;) {
+		len = read(fd, rec, sizeof(rec) - 1);
+		if (len < 0 && errno == EPIPE)
+			continue;	/* overwritten records: go on */
+		if (len <= 0)
+			break;
+		rec[len] = 0;
+		if (strstr(rec, "Killed process") || strstr(rec, "oom-kill:"))
+			n++;
+	}
+	close(fd);
+	return n;
+}
+
+/* Limit @devpath to @limit pages and make running out evict, or undo. */
+static int oversub_set(const char *devpath, long limit, bool evict)
+{
+	if (dev_attr_write(devpath, "devmem_evict", evict))
+		return -1;
+	return dev_attr_write(devpath, "devmem_limit", limit);
+}
+
+static const struct expect filler_data = { .writer = 13, .gen = 1 };
+
+struct filler {
+	pid_t		pid;
+	int		filled;		/* its pages reached the device once */
+	int		stop;
+	unsigned long	passes;
+	unsigned long	busy;		/* device reads retried */
+};
+
+/*
+ * The filler: migrate @npages of its own to the device and read them back
+ * through the device, which leaves them there, again and again until
+ * told to stop; then check them through the CPU.  It fills the device
+ * before the stress processes start, so their migrations must evict the
+ * filler's pages or each other's, and each pass of the filler brings its
+ * evicted pages back by evicting theirs.  ENOMEM: every page it could
+ * have evicted was busy at that moment.  Returns 0 or what failed.
+ */
+static int oversub_filler(const char *devpath, long npages, struct filler *f)
+{
+	char *p = buffer_new(npages, filler_data);
+	char *buf = malloc(npages * PAGE);
+	int fd = open(devpath, O_RDWR), ret;
+
+	if (!p || !buf || fd < 0)
+		return 1;
+	while (!__atomic_load_n(&f->stop, __ATOMIC_SEQ_CST)) {
+		ret = dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, p, buf, npages,
+			      NULL);
+		if (ret && ret != -ENOMEM && ret != -ENOENT)
+			return 2;
+		if (!ret && buffer_check(buf, npages, filler_data) >= 0)
+			return 3;
+		__atomic_store_n(&f->filled, 1, __ATOMIC_SEQ_CST);
+		memset(buf, 0, npages * PAGE);
+		if (dmirror_retry(fd, HMM_DMIRROR_READ, p, buf, npages,
+				  &f->busy) ||
+		    buffer_check(buf, npages, filler_data) >= 0)
+			return 4;
+		__atomic_add_fetch(&f->passes, 1, __ATOMIC_SEQ_CST);
+	}
+	if (buffer_check(p, npages, filler_data) >= 0)
+		return 5;
+	close(fd);
+	return 0;
+}
+
+static struct filler *filler_start(const char *devpath, long npages)
+{
+	struct filler *f = mmap(NULL, sizeof(*f), PROT_READ | PROT_WRITE,
+				MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	pid_t pid;
+	int i;
+
+	if (f == MAP_FAILED)
+		return NULL;
+	fflush(stdout);
+	/* Not into *f directly: the child's fork() would store 0 there. */
+	pid = fork();
+	if (!pid)
+		_exit(oversub_filler(devpath, npages, f));
+	if (pid < 0) {
+		munmap(f, sizeof(*f));
+		return NULL;
+	}
+	f->pid = pid;
+	/* The device is full before the stress starts, or within 60 s. */
+	for (i = 0; i < 6000 && !__atomic_load_n(&f->filled, __ATOMIC_SEQ_CST);
+	     i++)
+		usleep(10000);
+	return f;
+}
+
+/* Stop the filler; returns its exit status, or -1 if it did not exit. */
+static int filler_stop(struct filler *f, unsigned long *passes)
+{
+	int status = -1;
+
+	__atomic_store_n(&f->stop, 1, __ATOMIC_SEQ_CST);
+	if (waitpid(f->pid, &status, 0) != f->pid)
+		status = -1;
+	*passes = f->passes;
+	munmap(f, sizeof(*f));
+	return status;
+}
+
+/*
+ * The 4K stress case, every operation of it, plus a filler process,
+ * with device memory limited to a quarter of what they would together
+ * put there (slots, lock-free regions, and the filler's pages, as many
+ * as the limit), so that most migrations to the device evict pages of
+ * another process or of another range of the same one.  On top of the usual checks
+ * (every byte, device memory all free at the end, MemFree) and the
+ * filler's own, eviction must have happened and nobody been OOM-killed.
+ */
+static void test_oversub(const char *devpath, int seconds, uint64_t seed,
+			 int nprocs, int nthreads)
+{
+	struct stress st = {
+		.backing = B_ANON, .devpath = devpath, .seed = seed,
+		.nprocs = nprocs, .nthreads = nthreads, .seconds = seconds,
+		.private_dev = !strcmp(devpath, "/dev/hmm_dmirror0"),
+		.slot_pages = 16, .nslots = 64,
+	};
+	const char *dev = strrchr(devpath, '/') + 1;
+	long ev0, ev1, ooms, free0, free1 = 0, limit, fill;
+	unsigned long passes = 0;
+	struct filler *f = NULL;
+	char why[512] = "";
+	int i, kmsg, ret, fst;
+
+	/*
+	 * stress_run() sets the lock-free region to 16 pages for 4K; the
+	 * filler's part of the working set is the limit itself, so
+	 * limit = (stress + limit) / 4.
+	 */
+	limit = nprocs * (st.nslots * st.slot_pages + 16) / 3;
+	fill = limit;
+	ev0 = dev_attr_read(devpath, "devmem_evicted");
+	kmsg = kmsg_open();
+	free0 = meminfo_kb("MemFree");
+	if (failed(why, kmsg >= 0, "/dev/kmsg: %s", strerror(errno)) ||
+	    failed(why, ev0 >= 0 && !oversub_set(devpath, limit, true),
+		   "cannot limit the device to %ld pages with eviction", limit))
+		goto out;
+	f = filler_start(devpath, fill);
+	if (failed(why, f, "filler: %s", strerror(errno)))
+		goto out;
+	st.deadline = time(NULL) + seconds;
+	ret = stress_run(&st, why, sizeof(why));
+	fst = filler_stop(f, &passes);
+	ev1 = dev_attr_read(devpath, "devmem_evicted");
+	ooms = kmsg_oom_kills(kmsg);
+	kmsg = -1;
+	ksft_print_msg("oversub: limit %ld pages, filler of %ld pages ran %lu passes\n",
+		       limit, fill, passes);
+	ksft_print_msg("oversub: %ld pages evicted, %ld OOM kills\n",
+		       ev1 - ev0, ooms);
+	/* An OOM kill explains a process's death better than its status. */
+	if (ooms)
+		ret = snprintf(why, sizeof(why), "%ld OOM kills", ooms);
+	else if (!ret && fst)
+		ret = snprintf(why, sizeof(why),
+			       "filler status %#x (see oversub_filler())", fst);
+	if (ret || failed(why, ev1 > ev0, "no page was evicted"))
+		goto out;
+	if (oversub_set(devpath, 0, false) ||
+	    check_device_idle(devpath, why, sizeof(why)))
+		goto out;
+	for (i = 0; i < 30; i++) {
+		free1 = meminfo_kb("MemFree");
+		if (free1 >= free0 - 32 * 1024)
+			break;
+		usleep(100000);
+	}
+	failed(why, free1 >= free0 - 32 * 1024, "%ld kB of memory lost",
+	       free0 - free1);
+out:
+	if (kmsg >= 0)
+		close(kmsg);
+	oversub_set(devpath, 0, false);
+	if (why[0])
+		ksft_test_result_fail("oversub_4k_%s: %s\n", dev, why);
+	else
+		ksft_test_result_pass("oversub_4k_%s (%d x %d threads, %d s, limit %ld)\n",
+				      dev, nprocs, nthreads, seconds, limit);
+}
+
+/*
+ * One device-private page, many CPU threads faulting it back at once and
+ * the device reading it meanwhile.  Every round, every thread must get
+ * the page's exact content, and the round must end within HOT_ROUND_S:
+ * threads that keep taking references to the page while one of them
+ * tries to migrate it can keep each other from ever succeeding.
+ */
+#define HOT_THREADS	8
+#define HOT_ROUND_S	20
+#define HOT_MIN_ROUNDS	20
+
+struct hot {
+	int			fd;
+	char			*page;
+	pthread_barrier_t	go, done;
+	unsigned int		round;
+	bool			stop;
+	unsigned long		bad;		/* pages found wrong */
+	unsigned long		busy;		/* device reads retried */
+	int			dev_err;
+};
+
+static struct expect hot_expect(unsigned int round)
+{
+	return (struct expect){ .writer = 7, .gen = round + 1 };
+}
+
+static void *hot_cpu(void *arg)
+{
+	struct hot *h = arg;
+
+	for (;;) {
+		pthread_barrier_wait(&h->go);
+		if (h->stop)
+			return NULL;
+		if (check_page(h->page, hot_expect(h->round), 0) >= 0)
+			__sync_fetch_and_add(&h->bad, 1);
+		pthread_barrier_wait(&h->done);
+	}
+}
+
+static void *hot_dev(void *arg)
+{
+	struct hot *h = arg;
+	char buf[PAGE];
+	int ret;
+
+	for (;;) {
+		pthread_barrier_wait(&h->go);
+		if (h->stop)
+			return NULL;
+		ret = dmirror_retry(h->fd, HMM_DMIRROR_READ, h->page, buf, 1,
+				    &h->busy);
+		if (ret)
+			h->dev_err = ret;
+		else if (check_page(buf, hot_expect(h->round), 0) >= 0)
+			__sync_fetch_and_add(&h->bad, 1);
+		pthread_barrier_wait(&h->done);
+	}
+}
+
+/*
+ * Child side: rounds until @deadline; progress in @shm[0], the slowest
+ * round in microseconds in @shm[1].
+ */
+static int hot_rounds(const char *devpath, time_t deadline,
+		      unsigned int *shm)
+{
+	struct hot h = {};
+	pthread_t tid[HOT_THREADS + 1];
+	char buf[PAGE];
+	uint64_t t0, us;
+	int t, ret = 0;
+
+	h.fd = open(devpath, O_RDWR);
+	h.page = buffer_new(1, hot_expect(0));
+	if (h.fd < 0 || !h.page)
+		return 10;
+	pthread_barrier_init(&h.go, NULL, HOT_THREADS + 2);
+	pthread_barrier_init(&h.done, NULL, HOT_THREADS + 2);
+	for (t = 0; t < HOT_THREADS; t++)
+		pthread_create(&tid[t], NULL, hot_cpu, &h);
+	pthread_create(&tid[t], NULL, hot_dev, &h);
+
+	for (h.round = 0; time(NULL) < deadline || h.round < HOT_MIN_ROUNDS;
+	     h.round++) {
+		fill_page(h.page, hot_expect(h.round), 0);
+		if (dmirror(h.fd, HMM_DMIRROR_MIGRATE_TO_DEV, h.page, buf, 1,
+			    NULL) ||
+		    check_page(buf, hot_expect(h.round), 0) >= 0 ||
+		    count_on_device(h.fd, h.page, 1) != 1) {
+			ret = 11;
+			break;
+		}
+		__atomic_store_n(&shm[0], h.round + 1, __ATOMIC_SEQ_CST);
+		t0 = now_ns();
+		alarm(HOT_ROUND_S);
+		pthread_barrier_wait(&h.go);
+		pthread_barrier_wait(&h.done);
+		alarm(0);
+		us = (now_ns() - t0) / 1000;
+		if (us > shm[1])
+			shm[1] = us;
+		if (h.bad || h.dev_err) {
+			ret = 12;
+			break;
+		}
+	}
+	h.stop = true;
+	pthread_barrier_wait(&h.go);
+	for (t = 0; t <= HOT_THREADS; t++)
+		pthread_join(tid[t], NULL);
+	close(h.fd);
+	return ret;
+}
+
+static void test_hot_page(const char *devpath, int seconds)
+{
+	static const char *const what[] = {
+		[10] = "setup failed",
+		[11] = "migration to the device failed or moved wrong data",
+		[12] = "a thread read wrong data or the device read failed",
+	};
+	const char *dev = strrchr(devpath, '/') + 1;
+	unsigned int *round;
+	char why[256] = "";
+	int status;
+	pid_t pid;
+
+	round = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+		     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (failed(why, round != MAP_FAILED, "mmap: %s", strerror(errno)))
+		goto out;
+	fflush(stdout);
+	pid = fork();
+	if (!pid)
+		_exit(hot_rounds(devpath, time(NULL) + seconds, round));
+	if (failed(why, pid > 0 && waitpid(pid, &status, 0) == pid,
+		   "fork: %s", strerror(errno)))
+		goto out;
+	if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
+		failed(why, false, "round %u of %d threads faulting one device page took over %d s",
+		       round[0], HOT_THREADS, HOT_ROUND_S);
+	else if (!WIFEXITED(status) || WEXITSTATUS(status))
+		failed(why, false, "round %u: %s (status %#x)", round[0],
+		       WIFEXITED(status) && WEXITSTATUS(status) < 13 &&
+		       what[WEXITSTATUS(status)] ? what[WEXITSTATUS(status)] :
+		       "died", status);
+	else
+		ksft_print_msg("hot_page: %u rounds, %d CPU threads + device, slowest %u us\n",
+			       round[0], HOT_THREADS, round[1]);
+out:
+	if (round != MAP_FAILED)
+		munmap(round, PAGE);
+	if (!why[0])
+		check_device_idle(devpath, why, sizeof(why));
+	if (why[0])
+		ksft_test_result_fail("hot_page_%s: %s\n", dev, why);
+	else
+		ksft_test_result_pass("hot_page_%s (%d s)\n", dev, seconds);
+}
+
+/*
+ * Teardown while evicting: a victim process with pages in device memory
+ * exits, closes its device file or calls HMM_DMIRROR_RELEASE while an
+ * evictor process's migration to the full device is evicting those very
+ * pages, with the two sides' timing swept across each other.  Each
+ * round must end within TD_ROUND_S, both processes must see their data
+ * intact (the victim where it survives its teardown: after close() and
+ * RELEASE), and device memory must be all free after each round.
+ */
+#define TD_PAGES	128	/* victim's pages, twice the limit */
+#define TD_LIMIT	64
+#define TD_ROUND_S	30
+#define TD_MIN_ROUNDS	30
+/* Rounds a slow kernel may take to see an eviction overlap a teardown. */
+#define TD_MAX_ROUNDS	300
+
+enum td_mode { TD_EXIT, TD_CLOSE, TD_RELEASE, TD_NMODES };
+
+struct td_sync {
+	int		ready;		/* victim's pages are on the device */
+	int		go;
+	uint64_t	td_start;	/* victim starts its teardown, ns */
+	uint64_t	ev_start, ev_end;	/* evictor's migration */
+	long		evicted;	/* during it */
+};
+
+static const struct expect td_victim = { .writer = 11, .gen = 1 };
+static const struct expect td_evictor = { .writer = 12, .gen = 1 };
+
+static int td_victim_main(const char *devpath, enum td_mode mode,
+			  uint64_t delay, struct td_sync *sy)
+{
+	char *p = buffer_new(TD_PAGES, td_victim);
+	char *buf = malloc(TD_PAGES * PAGE);
+	const size_t half = TD_PAGES / 2 * PAGE;
+	int fd = open(devpath, O_RDWR), ret, i;
+
+	if (!p || !buf || fd < 0)
+		return 10;
+	/*
+	 * Twice the limit, in two halves: the second evicts the first (a
+	 * migration cannot evict its own destinations, they are locked).
+	 */
+	for (i = 0; i < 2; i++) {
+		ret = dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, p + i * half,
+			      buf + i * half, TD_PAGES / 2, NULL);
+		if (ret)
+			return 11;
+	}
+	if (buffer_check(buf, TD_PAGES, td_victim) >= 0 ||
+	    count_on_device(fd, p, TD_PAGES) <= 0)
+		return 11;
+	__atomic_store_n(&sy->ready, 1, __ATOMIC_SEQ_CST);
+	while (!__atomic_load_n(&sy->go, __ATOMIC_SEQ_CST))
+		sched_yield();
+	spin_ns(delay);
+	sy->td_start = now_ns();
+	if (mode == TD_EXIT)
+		_exit(0);	/* pages on the device, file open */
+	if (mode == TD_CLOSE) {
+		close(fd);
+	} else {
+		/* EBUSY: pages busy (being evicted) kept their chunk. */
+		ret = dmirror(fd, HMM_DMIRROR_RELEASE, p, NULL, 1, NULL);
+		if (ret && ret != -EBUSY)
+			return 13;
+	}
+	if (buffer_check(p, TD_PAGES, td_victim) >= 0)
+		return 12;
+	return 0;
+}
+
+static int td_evictor_main(const char *devpath, uint64_t delay,
+			   struct td_sync *sy)
+{
+	char *q = buffer_new(TD_LIMIT, td_evictor);
+	char *buf = malloc(TD_LIMIT * PAGE);
+	int fd = open(devpath, O_RDWR), ret;
+	long ev0;
+
+	if (!q || !buf || fd < 0)
+		return 20;
+	while (!__atomic_load_n(&sy->ready, __ATOMIC_SEQ_CST))
+		sched_yield();
+	__atomic_store_n(&sy->go, 1, __ATOMIC_SEQ_CST);
+	spin_ns(delay);
+	ev0 = dev_attr_read(devpath, "devmem_evicted");
+	sy->ev_start = now_ns();
+	ret = dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, q, buf, TD_LIMIT, NULL);
+	sy->ev_end = now_ns();
+	sy->evicted = dev_attr_read(devpath, "devmem_evicted") - ev0;
+	/* ENOMEM: the victim's pages were all busy at that moment. */
+	if (ret && ret != -ENOMEM && ret != -ENOENT)
+		return 21;
+	if (!ret && buffer_check(buf, TD_LIMIT, td_evictor) >= 0)
+		return 22;
+	if (dmirror(fd, HMM_DMIRROR_MIGRATE_TO_SYS, q, NULL, TD_LIMIT, NULL) ||
+	    buffer_check(q, TD_LIMIT, td_evictor) >= 0)
+		return 23;
+	close(fd);
+	return 0;
+}
+
+/* Wait for @pid until @deadline_ns; returns its status or -1 on timeout. */
+static int td_wait(pid_t pid, uint64_t deadline_ns, uint64_t *when)
+{
+	int status;
+
+	while (now_ns() < deadline_ns) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+
+		if (r == pid) {
+			*when = now_ns();
+			return status;
+		}
+		if (r < 0)
+			return -1;
+		usleep(200);
+	}
+	return -1;
+}
+
+static int td_round(const char *devpath, unsigned long round, uint64_t *rnd,
+		    struct td_sync *sy, unsigned long *overlapped, char *why)
+{
+	enum td_mode mode = round % TD_NMODES;
+	uint64_t deadline = now_ns() + TD_ROUND_S * 1000000000ULL;
+	uint64_t vend = 0, eend = 0;
+	int vs, es;
+	pid_t v, e;
+
+	memset(sy, 0, sizeof(*sy));
+	fflush(stdout);
+	v = fork();
+	if (!v)
+		_exit(td_victim_main(devpath, mode, rnd_next(rnd) % 4000000,
+				     sy));
+	e = fork();
+	if (!e)
+		_exit(td_evictor_main(devpath, rnd_next(rnd) % 4000000, sy));
+	vs = td_wait(v, deadline, &vend);
+	es = td_wait(e, deadline, &eend);
+	if (failed(why, vs != -1 && es != -1,
+		   "round %lu (%s): %s did not finish in %d s", round,
+		   mode == TD_EXIT ? "exit" : mode == TD_CLOSE ? "close" :
+		   "release", vs == -1 ? "victim" : "evictor", TD_ROUND_S))
+		return -1;
+	if (failed(why, WIFEXITED(vs) && !WEXITSTATUS(vs) &&
+		   WIFEXITED(es) && !WEXITSTATUS(es),
+		   "round %lu: victim status %#x, evictor status %#x (see td_*_main)",
+		   round, vs, es))
+		return -1;
+	if (failed(why, dev_attr_read(devpath, "devmem_used") == 0,
+		   "round %lu: %ld device pages left in use", round,
+		   dev_attr_read(devpath, "devmem_used")))
+		return -1;
+	if (sy->evicted > 0 && sy->ev_start < vend && sy->td_start < sy->ev_end)
+		(*overlapped)++;
+	return 0;
+}
+
+static void test_evict_teardown(const char *devpath, int seconds,
+				uint64_t seed)
+{
+	const char *dev = strrchr(devpath, '/') + 1;
+	time_t deadline = time(NULL) + seconds;
+	unsigned long round, overlapped = 0;
+	long ev0 = dev_attr_read(devpath, "devmem_evicted");
+	struct td_sync *sy;
+	char why[256] = "";
+	uint64_t rnd = seed;
+
+	sy = mmap(NULL, sizeof(*sy), PROT_READ | PROT_WRITE,
+		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (failed(why, sy != MAP_FAILED && ev0 >= 0 &&
+		   !oversub_set(devpath, TD_LIMIT, true),
+		   "setup: %s", strerror(errno)))
+		goto out;
+	for (round = 0; time(NULL) < deadline || round < TD_MIN_ROUNDS ||
+	     (!overlapped && round < TD_MAX_ROUNDS); round++)
+		if (td_round(devpath, round, &rnd, sy, &overlapped, why))
+			goto out;
+	ksft_print_msg("evict_teardown: %lu rounds, %ld pages evicted, %lu overlapped a teardown\n",
+		       round, dev_attr_read(devpath, "devmem_evicted") - ev0,
+		       overlapped);
+	failed(why, overlapped > 0, "no eviction overlapped a teardown");
+out:
+	oversub_set(devpath, 0, false);
+	if (!why[0])
+		check_device_idle(devpath, why, sizeof(why));
+	if (why[0])
+		ksft_test_result_fail("evict_teardown_%s: %s\n", dev, why);
+	else
+		ksft_test_result_pass("evict_teardown_%s (%d s)\n", dev, seconds);
+}
+
 int main(int argc, char **argv)
 {
 	static const char *const devs[] = {
@@ -2264,9 +2848,10 @@ int main(int argc, char **argv)
 	int seconds = 60, nprocs = 3, nthreads = 4, ncases, opt, d, ndevs;
 	uint64_t seed = time(NULL);
 	unsigned long big = 0;
+	bool only_evict = false;
 	int share;
 
-	while ((opt = getopt(argc, argv, "s:S:p:t:B:")) != -1) {
+	while ((opt = getopt(argc, argv, "s:S:p:t:B:e")) != -1) {
 		switch (opt) {
 		case 's':
 			seconds = atoi(optarg);
@@ -2283,9 +2868,12 @@ int main(int argc, char **argv)
 		case 'B':
 			big = strtoul(optarg, NULL, 0);
 			break;
+		case 'e':
+			only_evict = true;
+			break;
 		default:
 			fprintf(stderr,
-				"usage: %s [-s secs] [-S seed] [-p procs] [-t threads] [-B MiB]\n",
+				"usage: %s [-s secs] [-S seed] [-p procs] [-t threads] [-B MiB] [-e]\n",
 				argv[0]);
 			return KSFT_FAIL;
 		}
@@ -2303,9 +2891,19 @@ int main(int argc, char **argv)
 	dma_may_refuse = cmdline_has("swiotlb=force");
 	/* Coherent device memory exists only with memmap= reserved RAM. */
 	ndevs = access(devs[1], R_OK | W_OK) ? 1 : 2;
-	/* 4K, THP, shmem, the shmem eviction race, coherent 4K. */
+	/*
+	 * 4K, THP, shmem, the shmem eviction race, coherent 4K share the
+	 * time; the eviction cases get a share on top, not out of theirs.
+	 */
 	ncases = 4 + (ndevs - 1);
-	ksft_set_plan(ncases + !!big + 2 * ndevs + 1);
+	if (only_evict) {
+		ksft_set_plan(3);
+		test_oversub(devs[0], seconds, seed + 6, nprocs, nthreads);
+		test_hot_page(devs[0], seconds / 2 ?: 1);
+		test_evict_teardown(devs[0], seconds / 2 ?: 1, seed + 7);
+		ksft_finished();
+	}
+	ksft_set_plan(ncases + !!big + 2 * ndevs + 1 + 3);
 	ksft_print_msg("seed %llu, %d processes x %d threads, %d s\n",
 		       (unsigned long long)seed, nprocs, nthreads, seconds);
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -2318,6 +2916,9 @@ int main(int argc, char **argv)
 	if (ndevs > 1)
 		test_stress(devs[1], B_ANON, share, seed + 3, nprocs, nthreads,
 			    0);
+	test_oversub(devs[0], share, seed + 6, nprocs, nthreads);
+	test_hot_page(devs[0], share / 2 ?: 1);
+	test_evict_teardown(devs[0], share / 2 ?: 1, seed + 7);
 	/* One process: the range is private, -B of it per process. */
 	if (big)
 		test_stress(devs[0], B_ANON, share, seed + 5, 1, nthreads, big);
