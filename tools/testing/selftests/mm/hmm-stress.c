@@ -41,12 +41,16 @@
  * Another case races the death of a shmem inode whose pages sit in device
  * memory with the eviction of that memory (HMM_DMIRROR_RELEASE or close()
  * of the device file); see test_shmem_evict().
+ * Another races device writes with the CPU faults that bring the same
+ * shmem pages home; see test_shmem_fault_write().
  *
  * Options: -s SECONDS for all stress cases together (default 60), -S SEED,
  * -p PROCESSES, -t THREADS per process, -B MIB adds a case racing on a
  * range of that size (more than one 256 MiB chunk of device memory if
- * above 256).  The seed is printed; a run with the same seed makes the
- * same choices, up to the order races allow.
+ * above 256), -r runs only the race of device writes with CPU faults of
+ * shmem pages (test_shmem_fault_write()) for all the seconds.  The seed
+ * is printed; a run with the same seed makes the same choices, up to the
+ * order races allow.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -2362,6 +2366,155 @@ out:
 		ksft_test_result_pass("shmem_evict_%s (%d s)\n", dev, seconds);
 }
 
+/* One shmem race round's device writer (test_shmem_fault_write()). */
+struct fw_writer {
+	pthread_barrier_t	go;
+	int			fd;	/* a device file whose mirror is empty */
+	char			*p;
+	char			*buf;	/* the generation to write */
+	unsigned long		busy;
+	int			ret;
+};
+
+#define FW_PAGES	64
+
+static void *fw_writer_main(void *arg)
+{
+	struct fw_writer *w = arg;
+
+	pthread_barrier_wait(&w->go);
+	w->ret = dmirror_retry(w->fd, HMM_DMIRROR_WRITE, w->p, w->buf,
+			       FW_PAGES, &w->busy);
+	return NULL;
+}
+
+/*
+ * The CPU reads every page of @p, which brings them home from device
+ * memory one by one, while the writer's device write runs.  Backwards: the
+ * page that comes home last is the first the device's walk meets, so no
+ * later invalidation makes the device look at it again.  A page may be
+ * caught half written, so only pages already holding @e all through are
+ * told apart: returns how many there were.
+ */
+static unsigned long fw_cpu_read(const char *p, struct expect e)
+{
+	unsigned long i = FW_PAGES, newer = 0;
+
+	while (i--)
+		newer += check_page(p + i * PAGE, e, i) < 0;
+	return newer;
+}
+
+/*
+ * One round: the file goes to device memory, then the device writes
+ * generation @e through @w's device file while the CPU reads the file,
+ * faulting its pages home.  Once both are done every page must hold @e.
+ * Returns 1 if the two overlapped (the CPU saw some pages written and
+ * some not yet), 0 if not, -1 on failure with @why set.
+ */
+static int fw_round(int fd, struct fw_writer *w, struct expect e,
+		    unsigned long *on_dev, char *why)
+{
+	unsigned long i, newer;
+	pthread_t thr;
+	long bad;
+	int ret;
+
+	ret = dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, w->p, w->buf, FW_PAGES,
+		      NULL);
+	if (failed(why, err_in(ret, ok_to_dev), "MIGRATE_TO_DEV: %s",
+		   strerror(-ret)))
+		return -1;
+	*on_dev += count_on_device(fd, w->p, FW_PAGES);
+	for (i = 0; i < FW_PAGES; i++)
+		fill_page(w->buf + i * PAGE, e, i);
+	if (failed(why, !pthread_create(&thr, NULL, fw_writer_main, w),
+		   "pthread_create"))
+		return -1;
+	pthread_barrier_wait(&w->go);
+	newer = fw_cpu_read(w->p, e);
+	pthread_join(thr, NULL);
+	if (failed(why, !w->ret, "HMM_DMIRROR_WRITE: %s", strerror(-w->ret)))
+		return -1;
+	bad = buffer_check(w->p, FW_PAGES, e);
+	if (bad >= 0) {
+		struct expect old = { .writer = e.writer, .gen = e.gen - 1 };
+		const char *q = w->p + bad * PAGE;
+
+		failed(why, false, "gen %u: page %ld lost the device write: word 0 is %#llx%s",
+		       e.gen, bad, (unsigned long long)*(const uint64_t *)q,
+		       check_page(q, old, bad) < 0 ? ", the gen before" : "");
+		return -1;
+	}
+	return newer > 0 && newer < FW_PAGES;
+}
+
+/*
+ * A device write that walks the page cache of a shmem file for its pages
+ * in device memory (its mirror holds none of them) races CPU faults that
+ * bring the same pages home from device memory.  A page the device was
+ * told about after it left the page cache takes the write, and the file
+ * keeps the generation before: the write is lost.  The rounds where the
+ * CPU saw both generations are counted and at least one must have.
+ */
+static void test_shmem_fault_write(const char *devpath, int seconds)
+{
+	const char *dev = strrchr(devpath, '/') + 1;
+	time_t deadline = time(NULL) + seconds;
+	struct fw_writer w = { .fd = -1 };
+	struct expect e = { .writer = 1, .gen = 1 };
+	unsigned long rounds = 0, overlapped = 0, on_dev = 0;
+	char why[256] = "";
+	int memfd, fd, ret = 0;
+
+	memfd = memfd_create("hmm-stress-fault-write", 0);
+	fd = open(devpath, O_RDWR);
+	w.fd = open(devpath, O_RDWR);
+	w.buf = malloc(FW_PAGES * PAGE);
+	if (failed(why, memfd >= 0 && fd >= 0 && w.fd >= 0 && w.buf &&
+		   !ftruncate(memfd, FW_PAGES * PAGE) &&
+		   !file_fill(memfd, FW_PAGES, e) &&
+		   !pthread_barrier_init(&w.go, NULL, 2), "setup: %s",
+		   strerror(errno)))
+		goto out;
+	w.p = mmap(NULL, FW_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   memfd, 0);
+	if (failed(why, w.p != MAP_FAILED, "mmap: %s", strerror(errno)))
+		goto out;
+	while ((time(NULL) < deadline || rounds < 10) && ret >= 0) {
+		e.gen++;
+		ret = fw_round(fd, &w, e, &on_dev, why);
+		overlapped += ret > 0;
+		rounds++;
+	}
+	ksft_print_msg("shmem_fault_write: %lu rounds, %lu overlapped, %lu EBUSY\n",
+		       rounds, overlapped, w.busy);
+	ksft_print_msg("shmem_fault_write: %lu pages on the device\n", on_dev);
+	if (why[0])
+		goto out;
+	if (failed(why, on_dev >= rounds * FW_PAGES / 2,
+		   "%lu rounds, %lu pages on the device", rounds, on_dev))
+		goto out;
+	failed(why, overlapped > 0, "no device write overlapped the CPU faults");
+out:
+	if (w.p && w.p != MAP_FAILED)
+		munmap(w.p, FW_PAGES * PAGE);
+	if (w.fd >= 0)
+		close(w.fd);
+	if (fd >= 0)
+		close(fd);
+	if (memfd >= 0)
+		close(memfd);
+	free(w.buf);
+	if (!why[0])
+		check_device_idle(devpath, why, sizeof(why));
+	if (why[0])
+		ksft_test_result_fail("shmem_fault_write_%s: %s\n", dev, why);
+	else
+		ksft_test_result_pass("shmem_fault_write_%s (%d s)\n", dev,
+				      seconds);
+}
+
 static bool cmdline_has(const char *word)
 {
 	char line[4096] = "";
@@ -2385,9 +2538,10 @@ int main(int argc, char **argv)
 	int seconds = 60, nprocs = 3, nthreads = 4, ncases, opt, d, ndevs;
 	uint64_t seed = time(NULL);
 	unsigned long big = 0;
+	bool fault_write_only = false;
 	int share;
 
-	while ((opt = getopt(argc, argv, "s:S:p:t:B:")) != -1) {
+	while ((opt = getopt(argc, argv, "s:S:p:t:B:r")) != -1) {
 		switch (opt) {
 		case 's':
 			seconds = atoi(optarg);
@@ -2404,9 +2558,12 @@ int main(int argc, char **argv)
 		case 'B':
 			big = strtoul(optarg, NULL, 0);
 			break;
+		case 'r':
+			fault_write_only = true;
+			break;
 		default:
 			fprintf(stderr,
-				"usage: %s [-s secs] [-S seed] [-p procs] [-t threads] [-B MiB]\n",
+				"usage: %s [-s secs] [-S seed] [-p procs] [-t threads] [-B MiB] [-r]\n",
 				argv[0]);
 			return KSFT_FAIL;
 		}
@@ -2422,10 +2579,15 @@ int main(int argc, char **argv)
 		ksft_exit_skip("%s: %s (CONFIG_TEST_HMM)\n", devs[0],
 			       strerror(errno));
 	dma_may_refuse = cmdline_has("swiotlb=force");
+	if (fault_write_only) {
+		ksft_set_plan(1);
+		test_shmem_fault_write(devs[0], seconds);
+		ksft_finished();
+	}
 	/* Coherent device memory exists only with memmap= reserved RAM. */
 	ndevs = access(devs[1], R_OK | W_OK) ? 1 : 2;
-	/* 4K, THP, shmem, the shmem eviction race, coherent 4K. */
-	ncases = 4 + (ndevs - 1);
+	/* 4K, THP, shmem, the two shmem races, coherent 4K. */
+	ncases = 5 + (ndevs - 1);
 	ksft_set_plan(ncases + !!big + 2 * ndevs + 1);
 	ksft_print_msg("seed %llu, %d processes x %d threads, %d s\n",
 		       (unsigned long long)seed, nprocs, nthreads, seconds);
@@ -2436,6 +2598,7 @@ int main(int argc, char **argv)
 	test_stress(devs[0], B_THP, share, seed + 1, nprocs, nthreads, 0);
 	test_stress(devs[0], B_SHMEM, share, seed + 2, nprocs, nthreads, 0);
 	test_shmem_evict(devs[0], share, seed + 4);
+	test_shmem_fault_write(devs[0], share);
 	if (ndevs > 1)
 		test_stress(devs[1], B_ANON, share, seed + 3, nprocs, nthreads,
 			    0);
