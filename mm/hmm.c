@@ -395,23 +395,32 @@ static int hmm_populate_anon(struct hmm_walk *hw, struct vm_area_struct *vma,
  * table: the page cache holds its device-private entry instead (see
  * mm/migrate_device.c).  Report it to the device that owns it, writable
  * only through a shared writable mapping.  A locked device page is on its
- * way back to system memory and is reported absent; whoever moves it
- * invalidates the mirrors after locking it, so a report made before that
- * is caught by mmu_interval_read_retry().
+ * way back to system memory and is reported absent.
+ *
+ * Whoever moves the page locks it, invalidates the mirrors, replaces the
+ * entry and only then unlocks it.  A report made before the lock is
+ * caught by mmu_interval_read_retry().  But the entry may have been read
+ * before the replacement and the page seen unlocked after it: the
+ * invalidation then came before the caller's notifier sequence was read,
+ * and nothing would tell it that the page left the file.  So the entry is
+ * read again once the page was seen unlocked, and reported only if it is
+ * still there.
  */
 static unsigned long hmm_file_entry(const struct hmm_walk *hw,
 				    struct vm_area_struct *vma,
 				    unsigned long addr)
 {
 	const void *owner = hw->range->dev_private_owner;
+	pgoff_t index = linear_page_index(vma, addr);
+	struct address_space *mapping;
 	struct page *page;
 	swp_entry_t swp;
 	void *entry;
 
 	if (!owner || !shmem_file(vma->vm_file))
 		return 0;
-	entry = xa_load(&vma->vm_file->f_mapping->i_pages,
-			linear_page_index(vma, addr));
+	mapping = vma->vm_file->f_mapping;
+	entry = xa_load(&mapping->i_pages, index);
 	if (!xa_is_value(entry))
 		return 0;
 	swp = radix_to_swp_entry(entry);
@@ -419,6 +428,10 @@ static unsigned long hmm_file_entry(const struct hmm_walk *hw,
 		return 0;
 	page = pfn_swap_entry_to_page(swp);
 	if (page->pgmap->owner != owner || PageLocked(page))
+		return 0;
+	/* Pairs with folio_unlock(), which orders the replacement before. */
+	smp_rmb();
+	if (xa_load(&mapping->i_pages, index) != entry)
 		return 0;
 	if ((vma->vm_flags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE))
 		return swp_offset_pfn(swp) | HMM_PFN_VALID | HMM_PFN_WRITE;

@@ -41,6 +41,8 @@
  * Another case races the death of a shmem inode whose pages sit in device
  * memory with the eviction of that memory (HMM_DMIRROR_RELEASE or close()
  * of the device file); see test_shmem_evict().
+ * Another races device writes with the CPU faults that bring the same
+ * shmem pages home; see test_shmem_fault_write().
  *
  * With test_hmm's eviction on (devmem_evict), three cases oversubscribe
  * device memory: the 4K race on a device a quarter of the working set
@@ -51,9 +53,10 @@
  * Options: -s SECONDS for all stress cases together (default 60), -S SEED,
  * -p PROCESSES, -t THREADS per process, -B MIB adds a case racing on a
  * range of that size (more than one 256 MiB chunk of device memory if
- * above 256), -e runs only the three eviction cases.  The seed is
- * printed; a run with the same seed makes the same choices, up to the
- * order races allow.
+ * above 256), -e runs only the three eviction cases, -r only the race of
+ * device writes with CPU faults of shmem pages (test_shmem_fault_write())
+ * for all the seconds.  The seed is printed; a run with the same seed
+ * makes the same choices, up to the order races allow.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -648,6 +651,17 @@ static unsigned long release_epoch(struct stress *st)
 	return started << 1 | (started != done);
 }
 
+/*
+ * No HMM_DMIRROR_RELEASE ran since @epoch was read: none started since,
+ * and none was running then.  The odd bit cannot tell a release that runs
+ * all along from none at all, and such a release evicts (so unlocks) what
+ * is locked meanwhile, so one running at @epoch counts.
+ */
+static bool release_quiet(struct stress *st, unsigned long epoch)
+{
+	return !(epoch & 1) && epoch == release_epoch(st);
+}
+
 /* Locked pages of the slot as HMM_DMIRROR_LOCK_QUERY reports them. */
 static long locked_pages(struct worker *wk, char *a)
 {
@@ -714,27 +728,27 @@ static int op_lock(struct worker *wk, unsigned long slot)
 		 * page tables: shmem pages in device memory are in the page
 		 * cache only, so shmem always gets EFAULT.
 		 */
-		if (ret != -EFAULT || (on == np && epoch == release_epoch(st) &&
+		if (ret != -EFAULT || (on == np && release_quiet(st, epoch) &&
 				       st->backing != B_SHMEM))
 			fail(st, "HMM_DMIRROR_LOCK slot %lu, %lu of %lu pages on the device: %s",
 			     slot, on, np, strerror(-ret));
 		return ret;
 	}
-	if (on != np && epoch == release_epoch(st))
+	if (on != np && release_quiet(st, epoch))
 		fail(st, "HMM_DMIRROR_LOCK slot %lu succeeded with %lu of %lu pages on the device",
 		     slot, on, np);
 	__sync_fetch_and_add(&st->g->locked, np);
 	q = locked_pages(wk, a);
 	if (cpu_read_sigbus((uint64_t *)(a + (rnd_next(&wk->rnd) % np) * PAGE)))
 		__sync_fetch_and_add(&st->g->sigbus, 1);
-	else if (epoch == release_epoch(st))
+	else if (release_quiet(st, epoch))
 		fail(st, "CPU read of locked slot %lu: no SIGBUS", slot);
-	if (q != (long)np && epoch == release_epoch(st))
+	if (q != (long)np && release_quiet(st, epoch))
 		fail(st, "HMM_DMIRROR_LOCK_QUERY slot %lu: %ld of %lu locked",
 		     slot, q, np);
 	op_dev_read(wk, slot);
 	ret = dmirror(wk->fd, HMM_DMIRROR_UNLOCK, a, NULL, np, &n);
-	if (ret || (n != np && epoch == release_epoch(st)))
+	if (ret || (n != np && release_quiet(st, epoch)))
 		unlock_failed(wk, slot, ret, n);
 	q = locked_pages(wk, a);
 	if (q)
@@ -2263,6 +2277,155 @@ out:
 		ksft_test_result_pass("shmem_evict_%s (%d s)\n", dev, seconds);
 }
 
+/* One shmem race round's device writer (test_shmem_fault_write()). */
+struct fw_writer {
+	pthread_barrier_t	go;
+	int			fd;	/* a device file whose mirror is empty */
+	char			*p;
+	char			*buf;	/* the generation to write */
+	unsigned long		busy;
+	int			ret;
+};
+
+#define FW_PAGES	64
+
+static void *fw_writer_main(void *arg)
+{
+	struct fw_writer *w = arg;
+
+	pthread_barrier_wait(&w->go);
+	w->ret = dmirror_retry(w->fd, HMM_DMIRROR_WRITE, w->p, w->buf,
+			       FW_PAGES, &w->busy);
+	return NULL;
+}
+
+/*
+ * The CPU reads every page of @p, which brings them home from device
+ * memory one by one, while the writer's device write runs.  Backwards: the
+ * page that comes home last is the first the device's walk meets, so no
+ * later invalidation makes the device look at it again.  A page may be
+ * caught half written, so only pages already holding @e all through are
+ * told apart: returns how many there were.
+ */
+static unsigned long fw_cpu_read(const char *p, struct expect e)
+{
+	unsigned long i = FW_PAGES, newer = 0;
+
+	while (i--)
+		newer += check_page(p + i * PAGE, e, i) < 0;
+	return newer;
+}
+
+/*
+ * One round: the file goes to device memory, then the device writes
+ * generation @e through @w's device file while the CPU reads the file,
+ * faulting its pages home.  Once both are done every page must hold @e.
+ * Returns 1 if the two overlapped (the CPU saw some pages written and
+ * some not yet), 0 if not, -1 on failure with @why set.
+ */
+static int fw_round(int fd, struct fw_writer *w, struct expect e,
+		    unsigned long *on_dev, char *why)
+{
+	unsigned long i, newer;
+	pthread_t thr;
+	long bad;
+	int ret;
+
+	ret = dmirror(fd, HMM_DMIRROR_MIGRATE_TO_DEV, w->p, w->buf, FW_PAGES,
+		      NULL);
+	if (failed(why, err_in(ret, ok_to_dev), "MIGRATE_TO_DEV: %s",
+		   strerror(-ret)))
+		return -1;
+	*on_dev += count_on_device(fd, w->p, FW_PAGES);
+	for (i = 0; i < FW_PAGES; i++)
+		fill_page(w->buf + i * PAGE, e, i);
+	if (failed(why, !pthread_create(&thr, NULL, fw_writer_main, w),
+		   "pthread_create"))
+		return -1;
+	pthread_barrier_wait(&w->go);
+	newer = fw_cpu_read(w->p, e);
+	pthread_join(thr, NULL);
+	if (failed(why, !w->ret, "HMM_DMIRROR_WRITE: %s", strerror(-w->ret)))
+		return -1;
+	bad = buffer_check(w->p, FW_PAGES, e);
+	if (bad >= 0) {
+		struct expect old = { .writer = e.writer, .gen = e.gen - 1 };
+		const char *q = w->p + bad * PAGE;
+
+		failed(why, false, "gen %u: page %ld lost the device write: word 0 is %#llx%s",
+		       e.gen, bad, (unsigned long long)*(const uint64_t *)q,
+		       check_page(q, old, bad) < 0 ? ", the gen before" : "");
+		return -1;
+	}
+	return newer > 0 && newer < FW_PAGES;
+}
+
+/*
+ * A device write that walks the page cache of a shmem file for its pages
+ * in device memory (its mirror holds none of them) races CPU faults that
+ * bring the same pages home from device memory.  A page the device was
+ * told about after it left the page cache takes the write, and the file
+ * keeps the generation before: the write is lost.  The rounds where the
+ * CPU saw both generations are counted and at least one must have.
+ */
+static void test_shmem_fault_write(const char *devpath, int seconds)
+{
+	const char *dev = strrchr(devpath, '/') + 1;
+	time_t deadline = time(NULL) + seconds;
+	struct fw_writer w = { .fd = -1 };
+	struct expect e = { .writer = 1, .gen = 1 };
+	unsigned long rounds = 0, overlapped = 0, on_dev = 0;
+	char why[256] = "";
+	int memfd, fd, ret = 0;
+
+	memfd = memfd_create("hmm-stress-fault-write", 0);
+	fd = open(devpath, O_RDWR);
+	w.fd = open(devpath, O_RDWR);
+	w.buf = malloc(FW_PAGES * PAGE);
+	if (failed(why, memfd >= 0 && fd >= 0 && w.fd >= 0 && w.buf &&
+		   !ftruncate(memfd, FW_PAGES * PAGE) &&
+		   !file_fill(memfd, FW_PAGES, e) &&
+		   !pthread_barrier_init(&w.go, NULL, 2), "setup: %s",
+		   strerror(errno)))
+		goto out;
+	w.p = mmap(NULL, FW_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   memfd, 0);
+	if (failed(why, w.p != MAP_FAILED, "mmap: %s", strerror(errno)))
+		goto out;
+	while ((time(NULL) < deadline || rounds < 10) && ret >= 0) {
+		e.gen++;
+		ret = fw_round(fd, &w, e, &on_dev, why);
+		overlapped += ret > 0;
+		rounds++;
+	}
+	ksft_print_msg("shmem_fault_write: %lu rounds, %lu overlapped, %lu EBUSY\n",
+		       rounds, overlapped, w.busy);
+	ksft_print_msg("shmem_fault_write: %lu pages on the device\n", on_dev);
+	if (why[0])
+		goto out;
+	if (failed(why, on_dev >= rounds * FW_PAGES / 2,
+		   "%lu rounds, %lu pages on the device", rounds, on_dev))
+		goto out;
+	failed(why, overlapped > 0, "no device write overlapped the CPU faults");
+out:
+	if (w.p && w.p != MAP_FAILED)
+		munmap(w.p, FW_PAGES * PAGE);
+	if (w.fd >= 0)
+		close(w.fd);
+	if (fd >= 0)
+		close(fd);
+	if (memfd >= 0)
+		close(memfd);
+	free(w.buf);
+	if (!why[0])
+		check_device_idle(devpath, why, sizeof(why));
+	if (why[0])
+		ksft_test_result_fail("shmem_fault_write_%s: %s\n", dev, why);
+	else
+		ksft_test_result_pass("shmem_fault_write_%s (%d s)\n", dev,
+				      seconds);
+}
+
 /* ------------------------------------------------------------------
  * Oversubscribed device memory (lib/test_hmm.c "Eviction"): with
  * devmem_evict set, a migration to a full device evicts the least
@@ -2848,10 +3011,10 @@ int main(int argc, char **argv)
 	int seconds = 60, nprocs = 3, nthreads = 4, ncases, opt, d, ndevs;
 	uint64_t seed = time(NULL);
 	unsigned long big = 0;
-	bool only_evict = false;
+	bool only_evict = false, fault_write_only = false;
 	int share;
 
-	while ((opt = getopt(argc, argv, "s:S:p:t:B:e")) != -1) {
+	while ((opt = getopt(argc, argv, "s:S:p:t:B:er")) != -1) {
 		switch (opt) {
 		case 's':
 			seconds = atoi(optarg);
@@ -2871,9 +3034,12 @@ int main(int argc, char **argv)
 		case 'e':
 			only_evict = true;
 			break;
+		case 'r':
+			fault_write_only = true;
+			break;
 		default:
 			fprintf(stderr,
-				"usage: %s [-s secs] [-S seed] [-p procs] [-t threads] [-B MiB] [-e]\n",
+				"usage: %s [-s secs] [-S seed] [-p procs] [-t threads] [-B MiB] [-e] [-r]\n",
 				argv[0]);
 			return KSFT_FAIL;
 		}
@@ -2889,13 +3055,18 @@ int main(int argc, char **argv)
 		ksft_exit_skip("%s: %s (CONFIG_TEST_HMM)\n", devs[0],
 			       strerror(errno));
 	dma_may_refuse = cmdline_has("swiotlb=force");
+	if (fault_write_only) {
+		ksft_set_plan(1);
+		test_shmem_fault_write(devs[0], seconds);
+		ksft_finished();
+	}
 	/* Coherent device memory exists only with memmap= reserved RAM. */
 	ndevs = access(devs[1], R_OK | W_OK) ? 1 : 2;
 	/*
-	 * 4K, THP, shmem, the shmem eviction race, coherent 4K share the
-	 * time; the eviction cases get a share on top, not out of theirs.
+	 * 4K, THP, shmem, the two shmem races, coherent 4K share the time;
+	 * the eviction cases get a share on top, not out of theirs.
 	 */
-	ncases = 4 + (ndevs - 1);
+	ncases = 5 + (ndevs - 1);
 	if (only_evict) {
 		ksft_set_plan(3);
 		test_oversub(devs[0], seconds, seed + 6, nprocs, nthreads);
@@ -2913,6 +3084,7 @@ int main(int argc, char **argv)
 	test_stress(devs[0], B_THP, share, seed + 1, nprocs, nthreads, 0);
 	test_stress(devs[0], B_SHMEM, share, seed + 2, nprocs, nthreads, 0);
 	test_shmem_evict(devs[0], share, seed + 4);
+	test_shmem_fault_write(devs[0], share);
 	if (ndevs > 1)
 		test_stress(devs[1], B_ANON, share, seed + 3, nprocs, nthreads,
 			    0);
