@@ -680,11 +680,10 @@ static void unlock_failed(struct worker *wk, unsigned long slot, int ret,
 			  uint64_t n)
 {
 	struct stress *st = wk->st;
-	unsigned long i, on = 0;
+	unsigned long on = 0;
 
 	if (snap(wk, slot_addr(st, slot), st->slot_pages, wk->pre))
-		for (i = 0; i < st->slot_pages; i++)
-			on += state_on_dev(wk->pre[i]);
+		on = pre_on_dev(wk, st->slot_pages);
 	fail(st, "HMM_DMIRROR_UNLOCK slot %lu: %s, %llu of %lu unlocked, %lu on device",
 	     slot, ret ? strerror(-ret) : "ok", (unsigned long long)n,
 	     st->slot_pages, on);
@@ -700,7 +699,7 @@ static void unlock_failed(struct worker *wk, unsigned long slot, int ret,
 static int op_lock(struct worker *wk, unsigned long slot)
 {
 	struct stress *st = wk->st;
-	unsigned long np = st->slot_pages, i, on = 0, epoch;
+	unsigned long np = st->slot_pages, on = 0, epoch;
 	char *a = slot_addr(st, slot);
 	uint64_t n = 0;
 	long q;
@@ -719,8 +718,7 @@ static int op_lock(struct worker *wk, unsigned long slot)
 	if (!err_in(ret, ok_to_dev))
 		fail(st, "MIGRATE_TO_DEV slot %lu: %s", slot, strerror(-ret));
 	if (snap(wk, a, np, wk->pre))
-		for (i = 0; i < np; i++)
-			on += state_on_dev(wk->pre[i]);
+		on = pre_on_dev(wk, np);
 	ret = dmirror(wk->fd, HMM_DMIRROR_LOCK, a, NULL, np, NULL);
 	if (ret) {
 		/*
